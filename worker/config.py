@@ -1,0 +1,255 @@
+"""The configuration folder: every ``*.yaml`` file in it merged into one typed, validated document.
+
+Errors name the file, the key path (``watchlists[2].entities[0].aliases``) and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from worker.errors import ConfigError
+
+DEFAULT_CONFIG_DIR = "schedules"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh])\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """``"30s"``, ``"5m"``, ``"2h"`` (or a number of seconds) to seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 2h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"expected a duration such as 30s, 5m or 2h, got {value!r}")
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"expected a positive duration, got {value!r}")
+    return seconds
+
+
+def _http_url(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected an http(s) URL")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s) URL, got {value!r}")
+    return value.strip()
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeedConfig(_Strict):
+    url: HttpUrl
+    name: str = ""
+    every: Duration = 300.0
+    timezone: str | None = None
+    full_text: Literal["auto", "always", "never"] = "auto"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"expected an IANA time zone such as Asia/Tokyo, got {value!r}") from None
+        return value
+
+    def model_post_init(self, _context: Any) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", feed_name_from_url(self.url))
+
+
+def _secret_list(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+class WebhookConfig(_Strict):
+    url: Annotated[SecretStr, BeforeValidator(_http_url)]
+    # Several secrets sign every delivery while receivers rotate keys.
+    secret: Annotated[list[SecretStr], BeforeValidator(_secret_list)] = Field(min_length=1)
+    retry: list[Duration] | None = None
+
+
+class EntityConfig(_Strict):
+    name: str = Field(min_length=1)
+    aliases: list[Annotated[str, Field(min_length=1)]] = []
+    case_sensitive: bool | None = None
+
+    @property
+    def terms(self) -> list[str]:
+        return [self.name, *self.aliases]
+
+
+def _entity(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class WatchlistConfig(_Strict):
+    name: str = Field(min_length=1)
+    webhook: str | None = None
+    notify: list[SecretStr] = []
+    match: Literal["any", "all"] = "any"
+    entities: list[Annotated[EntityConfig, BeforeValidator(_entity)]] = Field(min_length=1)
+    exclude: list[Annotated[str, Field(min_length=1)]] = []
+
+
+class Config(_Strict):
+    feeds: list[FeedConfig] = []
+    webhooks: dict[str, WebhookConfig] = {}
+    watchlists: list[WatchlistConfig] = []
+    health_webhook: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration and the files it came from (for reload checks)."""
+
+    config: Config
+    files: tuple[str, ...]
+
+
+def feed_name_from_url(url: str) -> str:
+    """A default feed name: the host without ``www.``, plus the path's words."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "feed").removeprefix("www.")
+    path = re.sub(r"[^A-Za-z0-9]+", "-", parts.path).strip("-")
+    return f"{host}-{path}" if path else host
+
+
+def key_path(loc: tuple[Any, ...]) -> str:
+    """``('watchlists', 2, 'entities', 0)`` to ``watchlists[2].entities[0]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).startswith("function-") and part not in ("str", "list[str]"):
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _expand_vars(node: Any, loc: tuple[Any, ...], env: dict[str, str], problems: list[str],
+                 file: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _expand_vars(v, (*loc, k), env, problems, file) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_vars(v, (*loc, i), env, problems, file) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) not in env:
+            problems.append(f"{file}: {key_path(loc)}: environment variable {m.group(1)} is not set")
+            return ""
+        return env[m.group(1)]
+
+    return _VAR.sub(sub, node)
+
+
+def _load_file(path: Path, env: dict[str, str], problems: list[str]) -> Config | None:
+    name = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        problems.append(f"{name}: not readable YAML: {exc}")
+        return None
+    if raw is None:
+        return Config()
+    if not isinstance(raw, dict):
+        problems.append(f"{name}: expected a mapping with feeds, webhooks and watchlists")
+        return None
+    before = len(problems)
+    raw = _expand_vars(raw, (), env, problems, name)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{name}: {key_path(err['loc'])}: {msg}")
+        return None
+    return config if len(problems) == before else None
+
+
+def load_config(folder: str | os.PathLike[str] | None = None,
+                env: dict[str, str] | None = None) -> LoadedConfig:
+    """Read and merge every ``*.yaml`` in the folder; raise ConfigError listing every problem."""
+    env = dict(os.environ if env is None else env)
+    root = Path(folder or env.get("NEWSMON_CONFIG") or DEFAULT_CONFIG_DIR)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: configuration folder not found")
+    files = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    problems: list[str] = []
+    parts = [(str(p), c) for p in files if (c := _load_file(p, env, problems)) is not None]
+    if problems:
+        raise ConfigError(problems)
+    config = _merge(parts, problems)
+    if problems:
+        raise ConfigError(problems)
+    return LoadedConfig(config=config, files=tuple(str(p) for p in files))
+
+
+def _merge(parts: list[tuple[str, Config]], problems: list[str]) -> Config:
+    feeds: list[FeedConfig] = []
+    webhooks: dict[str, WebhookConfig] = {}
+    watchlists: list[WatchlistConfig] = []
+    health: str | None = None
+    seen_hooks: dict[str, str] = {}
+    seen_lists: dict[str, str] = {}
+    seen_feeds: dict[str, str] = {}
+    for file, part in parts:
+        for i, feed in enumerate(part.feeds):
+            if feed.name in seen_feeds:
+                problems.append(f"{file}: feeds[{i}].name: feed name {feed.name!r} is already "
+                                f"used in {seen_feeds[feed.name]}")
+            seen_feeds[feed.name] = file
+            feeds.append(feed)
+        for key, hook in part.webhooks.items():
+            if key in seen_hooks:
+                problems.append(f"{file}: webhooks.{key}: webhook {key!r} is already defined in "
+                                f"{seen_hooks[key]}")
+            seen_hooks[key] = file
+            webhooks[key] = hook
+        for i, wl in enumerate(part.watchlists):
+            if wl.name in seen_lists:
+                problems.append(f"{file}: watchlists[{i}].name: duplicate watchlist name "
+                                f"{wl.name!r} (also in {seen_lists[wl.name]})")
+            seen_lists[wl.name] = file
+            watchlists.append(wl)
+        if part.health_webhook is not None:
+            health = part.health_webhook
+    for file, part in parts:
+        for i, wl in enumerate(part.watchlists):
+            if wl.webhook is not None and wl.webhook not in webhooks:
+                problems.append(f"{file}: watchlists[{i}].webhook: expected the name of a webhook "
+                                f"defined under webhooks, got {wl.webhook!r}")
+        if part.health_webhook is not None and part.health_webhook not in webhooks:
+            problems.append(f"{file}: health_webhook: expected the name of a webhook defined "
+                            f"under webhooks, got {part.health_webhook!r}")
+    return Config(feeds=feeds, webhooks=webhooks, watchlists=watchlists, health_webhook=health)
