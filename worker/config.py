@@ -5,6 +5,7 @@ Errors name the file, the key path (``watchlists[2].entities[0].aliases``) and w
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from pydantic import (
 
 from worker.errors import ConfigError
 
+log = logging.getLogger("newsmon.config")
 DEFAULT_CONFIG_DIR = "schedules"
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${VAR} or ${VAR:-default}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh])\s*$")
 
 
@@ -166,6 +168,8 @@ def _expand_vars(node: Any, loc: tuple[Any, ...], env: dict[str, str], problems:
 
     def sub(m: re.Match[str]) -> str:
         if m.group(1) not in env:
+            if m.group(2) is not None:
+                return m.group(2)
             problems.append(f"{file}: {key_path(loc)}: environment variable {m.group(1)} is not set")
             return ""
         return env[m.group(1)]
@@ -253,3 +257,38 @@ def _merge(parts: list[tuple[str, Config]], problems: list[str]) -> Config:
             problems.append(f"{file}: health_webhook: expected the name of a webhook defined "
                             f"under webhooks, got {part.health_webhook!r}")
     return Config(feeds=feeds, webhooks=webhooks, watchlists=watchlists, health_webhook=health)
+
+
+class ConfigWatcher:
+    """The folder's configuration, reloaded when a file changes; an invalid change keeps the
+    last good configuration and logs the error (the first load must succeed)."""
+
+    def __init__(self, folder: str | os.PathLike[str], env: dict[str, str] | None = None):
+        self.folder = Path(folder)
+        self.env = env
+        self._signature: tuple[Any, ...] | None = None
+        self._good: LoadedConfig | None = None
+        self.error: ConfigError | None = None
+
+    def _stat(self) -> tuple[Any, ...]:
+        try:
+            return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                                for p in self.folder.iterdir() if p.suffix in (".yaml", ".yml")))
+        except OSError:
+            return ()
+
+    def current(self) -> Config:
+        signature = self._stat()
+        if signature == self._signature and self._good is not None:
+            return self._good.config
+        self._signature = signature
+        try:
+            self._good = load_config(self.folder, self.env)
+            self.error = None
+        except ConfigError as exc:
+            if self._good is None:
+                raise
+            self.error = exc
+            log.error(
+                "configuration change rejected, keeping the last good one:\n%s", exc)
+        return self._good.config

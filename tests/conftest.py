@@ -1,0 +1,106 @@
+"""Shared fixtures: a real Redis (the machine's, else the embedded one) and a loopback HTTP server."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from worker.embedded import EmbeddedRedis
+
+TEST_DB = 13
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``redis://host:port`` of a real Redis: REDIS_URL or 127.0.0.1:6379, else an embedded one."""
+    url = re.sub(r"/\d*$", "", os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379")
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        client.ping()
+        client.close()
+        yield url
+        return
+    except redis.RedisError:
+        client.close()
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    yield server.start().rsplit("/", 1)[0]
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """A flushed database of its own for one test."""
+    url = f"{redis_server}/{TEST_DB}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    yield url
+
+
+Route = tuple[int, dict[str, str], bytes] | Callable[[BaseHTTPRequestHandler], tuple[int, dict[str, str], bytes]]
+
+
+@dataclass
+class Server:
+    """A loopback HTTP server whose routes the test sets; it records every request it sees."""
+
+    port: int
+    routes: dict[str, Route] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def hits(self, path: str) -> int:
+        return sum(1 for r in self.requests if r["path"] == path)
+
+
+@pytest.fixture
+def http_server() -> Iterator[Server]:
+    state = Server(port=0)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            state.requests.append({"method": self.command, "path": self.path,
+                                   "headers": dict(self.headers), "body": body})
+            route = state.routes.get(self.path.split("?")[0])
+            if route is None:
+                status, headers, payload = 404, {}, b"not found"
+            elif callable(route):
+                status, headers, payload = route(self)
+            else:
+                status, headers, payload = route
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+
+        do_GET = do_POST = do_HEAD = _serve
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join()

@@ -1,0 +1,57 @@
+"""The Celery application: Redis broker, one queue per kind of work, at-least-once delivery of
+tasks, and the beat schedule. Run with ``celery -A worker.app worker`` and ``... beat``."""
+
+from __future__ import annotations
+
+from celery import Celery, signals
+
+from worker import embedded
+from worker.logs import configure_logging
+from worker.settings import Settings
+
+QUEUES = ("schedule", "fetch", "process", "deliver")
+
+
+def broker_url(settings: Settings) -> str:
+    """REDIS_URL, else the embedded Redis that ``newsmon run`` started for this data dir."""
+    return (settings.redis_url or embedded.running_url(settings.data_dir)
+            or "redis://127.0.0.1:6379/0")
+
+
+settings = Settings.from_env()
+app = Celery("newsmon", include=["worker.tasks"])
+app.conf.update(
+    broker_url=broker_url(settings),
+    broker_connection_retry_on_startup=True,
+    # A task redelivered when its worker is killed must find it done or do it again safely:
+    # every task is idempotent, acknowledged only once it has finished.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    # Longer than the longest task (fetch: 30 s feed + full-text pages, under the time limits);
+    # Celery countdowns are never used for long waits (the due zset and outbox hold those).
+    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    task_soft_time_limit=300,
+    task_time_limit=360,
+    task_ignore_result=True,
+    task_serializer="json",
+    accept_content=["json"],
+    task_default_queue="process",
+    task_routes={
+        "newsmon.tick": {"queue": "schedule"},
+        "newsmon.fetch": {"queue": "fetch"},
+        "newsmon.process": {"queue": "process"},
+        "newsmon.deliver": {"queue": "deliver"},
+    },
+    beat_schedule={
+        # Hands out due feeds; a tick not run within its own period is dropped, not queued up.
+        "tick": {"task": "newsmon.tick", "schedule": settings.tick_seconds,
+                 "options": {"expires": settings.tick_seconds}},
+    },
+)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: object) -> None:
+    configure_logging(settings.log_format)

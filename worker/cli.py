@@ -1,0 +1,349 @@
+"""The ``newsmon`` command line: offline tools (normalize, match, check), the service (run),
+and views of its state (status, alerts)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from worker import __version__, embedded
+from worker.config import Config, FeedConfig, feed_name_from_url, load_config
+from worker.errors import ConfigError, DumpFormatError, FetchError, NotAFeedError
+from worker.settings import Settings
+
+log = logging.getLogger("newsmon")
+SHUTDOWN_GRACE = 30.0
+
+
+def _setup_logging(settings: Settings | None = None) -> None:
+    from worker.logs import configure_logging
+
+    configure_logging(settings.log_format if settings else "text")
+
+
+def _settings(config: str | None = None) -> Settings:
+    env = dict(os.environ)
+    if config:
+        env["NEWSMON_CONFIG"] = config
+    try:
+        return Settings.from_env(env)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _load(settings: Settings) -> Config:
+    try:
+        return load_config(settings.config_dir).config
+    except ConfigError as exc:
+        click.echo(f"invalid configuration:\n{exc}", err=True)
+        sys.exit(1)
+
+
+@contextlib.contextmanager
+def _redis(settings: Settings) -> Iterator[str]:
+    """REDIS_URL, else the embedded Redis of the data dir (started here if none serves it)."""
+    url = settings.redis_url or embedded.running_url(settings.data_dir)
+    if url:
+        yield url
+        return
+    server = embedded.EmbeddedRedis(settings.data_dir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@click.group()
+@click.version_option(__version__, prog_name="newsmon")
+def main() -> None:
+    """newsmon: monitor news feeds, deduplicate stories, alert on watchlists."""
+
+
+# -- offline tools ----------------------------------------------------------------------------
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder the dump files are written under.")
+@click.option("--full-text", type=click.Choice(["auto", "always", "never"]), default=None,
+              help="Fetch article pages (default: the feed's setting, else auto).")
+@click.option("--config", type=click.Path(), default=None,
+              help="Configuration folder: feed settings (timezone, full_text) by URL.")
+def normalize(sources: tuple[str, ...], out_dir: str, full_text: str | None,
+              config: str | None) -> None:
+    """Turn feed files or http(s) URLs into dump files; print the paths written."""
+    from worker.dump import local_sequence, write_dump
+    from worker.fetch import Fetcher
+    from worker.normalize import html_to_paragraphs, needs_full_text, normalize_entry
+    from worker.parse import parse_feed
+    from worker.pipeline import full_text as fetch_full_text
+
+    _setup_logging()
+    settings = _settings(config)
+    configured = {f.url: f for f in _load(settings).feeds} if config else {}
+    fetcher = Fetcher(settings.allow_networks)
+    next_seq = local_sequence(Path(out_dir))
+    failed = False
+    for source in sources:
+        feed = configured.get(source) or FeedConfig(
+            url=source if source.startswith(("http://", "https://")) else "file://" + source,
+            name=feed_name_from_url(source) if "://" in source else Path(source).stem)
+        if full_text:
+            feed = feed.model_copy(update={"full_text": full_text})
+        try:
+            if source.startswith(("http://", "https://")):
+                result = fetcher.get(source)
+                data, content_type = result.content, result.content_type
+            else:
+                data, content_type = Path(source).read_bytes(), None
+            parsed = parse_feed(data, content_type)
+        except (OSError, FetchError, NotAFeedError) as exc:
+            click.echo(f"{source}: {exc}", err=True)
+            failed = True
+            continue
+        now = datetime.now(UTC)
+        for entry in parsed.entries:
+            page = None
+            if needs_full_text(feed.full_text, html_to_paragraphs(entry.content_html)):
+                page = fetch_full_text(feed, entry, fetcher)
+            article = normalize_entry(entry, parsed, feed_url=feed.url, first_seen=now,
+                                      feed_name=feed.name, timezone=feed.timezone, page=page)
+            click.echo(str(write_dump(Path(out_dir), article, next_seq)))
+    fetcher.close()
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.option("--config", type=click.Path(), default=None, help="Configuration folder.")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+def match(config: str | None, files: tuple[str, ...]) -> None:
+    """Print a JSON line for every (dump file, watchlist) that fires."""
+    from worker.dump import parse_dump
+    from worker.match import compile_watchlists
+
+    matcher = compile_watchlists(_load(_settings(config)).watchlists)
+    failed = False
+    for file in files:
+        try:
+            dump = parse_dump(Path(file).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, DumpFormatError) as exc:
+            click.echo(f"{file}: {exc}", err=True)
+            failed = True
+            continue
+        for hit in matcher.match(dump.title, "\n".join(dump.paragraphs)):
+            click.echo(json.dumps({
+                "file": file, "watchlist": hit.watchlist, "entities": list(hit.entities),
+                "matches": [{"entity": m.entity, "term": m.term, "field": m.field,
+                             "start": m.start, "end": m.end, "snippet": m.snippet}
+                            for m in hit.matches]}, ensure_ascii=False))
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.option("--config", type=click.Path(), default=None, help="Configuration folder.")
+def check(config: str | None) -> None:
+    """Validate the configuration and print a summary with secrets hidden."""
+    from worker.match import compile_watchlists
+
+    settings = _settings(config)
+    cfg = _load(settings)
+    matcher = compile_watchlists(cfg.watchlists)
+    click.echo(f"configuration {settings.config_dir}: OK")
+    click.echo(f"feeds: {len(cfg.feeds)}")
+    for f in cfg.feeds:
+        click.echo(f"  {f.name}  {f.url}  every {f.every:g}s  full_text {f.full_text}"
+                   + (f"  timezone {f.timezone}" if f.timezone else ""))
+    click.echo(f"webhooks: {len(cfg.webhooks)}")
+    for name, hook in cfg.webhooks.items():
+        click.echo(f"  {name}  {redact_url(hook.url.get_secret_value())}  "
+                   f"secrets {len(hook.secret)} (***)")
+    click.echo(f"watchlists: {len(cfg.watchlists)}  terms: {matcher.term_count}")
+    for w in cfg.watchlists:
+        click.echo(f"  {w.name}  match {w.match}  entities {len(w.entities)}  "
+                   f"webhook {w.webhook or '-'}"
+                   + (f"  notify {len(w.notify)} (***)" if w.notify else ""))
+
+
+def redact_url(url: str) -> str:
+    """A URL with its credentials and query (often a token) hidden."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = ("***@" if parts.username or parts.password else "") + host + (
+        f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+
+
+# -- the service --------------------------------------------------------------------------------
+@main.command()
+@click.option("--config", type=click.Path(), default=None, help="Configuration folder.")
+@click.option("--once", is_flag=True, help="Poll every feed once, process everything, exit.")
+@click.option("--concurrency", type=int, default=16, show_default=True,
+              help="Worker threads (fetching is network-bound).")
+def run(config: str | None, once: bool, concurrency: int) -> None:
+    """Run the worker and the scheduler together (or one pass with --once)."""
+    settings = _settings(config)
+    _setup_logging(settings)
+    _load(settings)
+    with _redis(settings) as url:
+        if once:
+            from worker.service import Service
+
+            summary = Service(settings, url).run_once()
+            for name, reason in summary["failed"]:
+                click.echo(f"feed {name} failed: {reason}", err=True)
+            click.echo(f"polled {summary['feeds']} feeds ({len(summary['failed'])} failed), "
+                       f"{summary['new_items']} new items, {len(summary['alerts'])} alerts")
+            return
+        sys.exit(_run_celery(settings, url, concurrency))
+
+
+def _run_celery(settings: Settings, url: str, concurrency: int) -> int:
+    """Worker with embedded beat as a child; SIGTERM stops it within SHUTDOWN_GRACE seconds."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "REDIS_URL": url, "NEWSMON_CONFIG": str(settings.config_dir)}
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--beat",
+           "--queues", "schedule,fetch,process,deliver", "--pool", "threads",
+           "--concurrency", str(concurrency), "--loglevel", "INFO",
+           "--schedule", str(settings.data_dir / "celerybeat-schedule")]
+    child = subprocess.Popen(cmd, env=env)
+    stopping = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopping.append(time.monotonic())
+        child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while True:
+        try:
+            code = child.wait(timeout=0.5)
+            return 0 if stopping else code
+        except subprocess.TimeoutExpired:
+            if stopping and time.monotonic() - stopping[0] > SHUTDOWN_GRACE:
+                log.warning("tasks still running after %ss: stopping them (they run again later)",
+                            SHUTDOWN_GRACE)
+                child.kill()
+
+
+# -- views ------------------------------------------------------------------------------------
+def _when(ts: Any) -> str:
+    if ts in (None, ""):
+        return "-"
+    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@main.command()
+@click.option("--config", type=click.Path(), default=None, help="Configuration folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def status(config: str | None, as_json: bool) -> None:
+    """Feeds with their last fetch, and totals."""
+    from worker.store import Store
+
+    settings = _settings(config)
+    cfg = _load(settings)
+    with _redis(settings) as url:
+        store = Store.from_url(url)
+        states = store.feed_states([f.name for f in cfg.feeds])
+        due = store.due_times()
+        totals = store.stats()
+    feeds = []
+    for feed, st in zip(cfg.feeds, states, strict=True):
+        feeds.append({
+            "name": feed.name, "url": feed.url, "last_fetch": _num(st.get("last_fetch")),
+            "outcome": st.get("outcome") or "never fetched", "error": st.get("error") or None,
+            "http_status": _int(st.get("status")), "new_items": _int(st.get("new_items")) or 0,
+            "failures": _int(st.get("failures")) or 0, "next_due": due.get(feed.name)})
+    if as_json:
+        click.echo(json.dumps({"feeds": feeds, "totals": totals}, indent=2))
+        return
+    rows = [("FEED", "URL", "LAST FETCH", "OUTCOME", "HTTP", "NEW", "FAILS", "NEXT DUE")]
+    rows += [(f["name"], f["url"], _when(f["last_fetch"]),
+              f["outcome"] + (f": {f['error']}" if f["error"] else ""),
+              str(f["http_status"] or "-"), str(f["new_items"]), str(f["failures"]),
+              _when(f["next_due"])) for f in feeds]
+    _table(rows)
+    click.echo("\n" + "  ".join(f"{k}: {v}" for k, v in totals.items()))
+
+
+def _num(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _parse_since(value: str | None) -> float | None:
+    """ISO time (2025-02-06T16:30:00+05:00) or a duration back from now (30m, 2h, 7d)."""
+    if not value:
+        return None
+    if value[-1] in "smhd" and value[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(value[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[value[-1]]
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("expected an ISO time or a duration such as 2h or 7d") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@main.group()
+def alerts() -> None:
+    """Alerts raised by watchlists."""
+
+
+@alerts.command("list")
+@click.option("--config", type=click.Path(), default=None, help="Configuration folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+@click.option("--watchlist", default=None, help="Only this watchlist's alerts.")
+@click.option("--since", default=None, help="ISO time, or a duration back from now (2h, 7d).")
+def alerts_list(config: str | None, as_json: bool, watchlist: str | None,
+                since: str | None) -> None:
+    """List alerts, oldest first."""
+    from worker.store import Store
+
+    settings = _settings(config)
+    since_ts = _parse_since(since)
+    with _redis(settings) as url:
+        records = Store.from_url(url).alerts(since=since_ts)
+    if watchlist:
+        records = [a for a in records if a["watchlist"] == watchlist]
+    views = [alert_view(a) for a in records]
+    if as_json:
+        click.echo(json.dumps(views, indent=2, ensure_ascii=False))
+        return
+    rows = [("CREATED", "WATCHLIST", "STATE", "ENTITIES", "TITLE", "URL", "ID")]
+    rows += [(v["created"][:19], v["watchlist"], v["state"], ", ".join(v["entities"]),
+              v["article"]["title"][:60], v["article"]["url"], v["id"]) for v in views]
+    _table(rows)
+
+
+def alert_view(record: dict[str, Any]) -> dict[str, Any]:
+    art = record["article"]
+    view = {"id": record["id"], "watchlist": record["watchlist"],
+            "entities": record["entities"], "created": record["created"],
+            "state": record["state"], "story": record["story"],
+            "article": {"id": art["id"], "title": art["title"], "url": art["url"],
+                        "source": art["source"], "published": art["published"]},
+            "matches": record["matches"]}
+    if record.get("next_attempt"):
+        view["next_attempt"] = datetime.fromtimestamp(record["next_attempt"], UTC).isoformat()
+    return view

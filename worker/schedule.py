@@ -1,0 +1,20 @@
+"""Scheduling decisions: when a feed is next due. Pure functions, ``now`` passed in."""
+
+from __future__ import annotations
+
+MAX_BACKOFF = 6 * 3600.0   # a failing feed is retried at least every 6 hours, never given up
+CLAIM_LEASE = 15 * 60.0    # a handed-out feed is handed out again if its fetch never reports
+
+
+def next_due_after_success(now: float, every: float, ttl_minutes: int | None = None,
+                           retry_after: float | None = None) -> float:
+    """Back to the feed's interval; an RSS ``<ttl>`` or ``Retry-After`` is a minimum wait."""
+    wait = max(every, (ttl_minutes or 0) * 60.0, retry_after or 0.0)
+    return now + wait
+
+
+def next_due_after_failure(now: float, every: float, failures: int,
+                           retry_after: float | None = None) -> float:
+    """Exponential backoff: the interval doubled per consecutive failure, capped at 6 hours."""
+    backoff = min(every * 2 ** min(max(failures, 1), 32), MAX_BACKOFF)
+    return now + max(backoff, min(retry_after or 0.0, 86400.0))

@@ -1,0 +1,54 @@
+"""Celery tasks: a few lines each that move names and JSON between Redis and the pipeline."""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import cache
+from typing import Any
+
+from celery import Task
+
+from worker.app import app, broker_url, settings
+from worker.config import FeedConfig
+from worker.models import ParsedFeed
+from worker.pipeline import Fresh
+from worker.service import Service, decode_batch, encode_batch
+
+log = logging.getLogger("newsmon.tasks")
+
+
+@cache
+def service() -> Service:
+    return Service(settings, broker_url(settings))
+
+
+class NewsmonTask(Task):
+    """Shared policy: late acknowledgement (set on the app) and a log line for every failure."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        log.error("task=%s id=%s failed: %s", self.name, task_id, exc)
+
+
+@app.task(base=NewsmonTask, name="newsmon.tick")
+def tick() -> None:
+    for feed in service().due_feeds(time.time()):
+        fetch.delay(feed.name)
+
+
+@app.task(base=NewsmonTask, name="newsmon.fetch")
+def fetch(feed_name: str) -> None:
+    feed = service().feed(feed_name)
+    if feed is not None:  # removed from the configuration meanwhile
+        service().poll(feed, submit_to_queue)
+
+
+def submit_to_queue(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh]) -> None:
+    process.delay(feed.model_dump(), encode_batch(parsed, items))
+
+
+@app.task(base=NewsmonTask, name="newsmon.process")
+def process(feed: dict[str, Any], batch: dict[str, Any]) -> None:
+    parsed, items = decode_batch(batch)
+    service().process(FeedConfig.model_validate(feed), parsed, items)
