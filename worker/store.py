@@ -20,6 +20,7 @@ Keys (prefix ``newsmon:``):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ local ttl = tonumber(ARGV[9])
 local exact = {}
 if ARGV[4] ~= '' then table.insert(exact, p .. 'id:url:' .. ARGV[4]) end
 if ARGV[5] ~= '' then table.insert(exact, p .. 'id:guid:' .. ARGV[5]) end
-table.insert(exact, p .. 'id:fp:' .. ARGV[6])
+if ARGV[6] ~= '' then table.insert(exact, p .. 'id:fp:' .. ARGV[6]) end
 local story = false
 for _, k in ipairs(exact) do
   story = redis.call('GET', k)
@@ -135,6 +136,11 @@ return {ARGV[4], 1}
 class StoryClaim:
     story_id: str
     is_new: bool
+
+
+def _digest(value: str | None) -> str:
+    """A short fixed-length key for a URL or GUID of any length."""
+    return hashlib.sha256(value.encode()).hexdigest()[:32] if value else ""
 
 
 class Store:
@@ -220,7 +226,7 @@ class Store:
         slots = len(keys.signature)
         need = -(-int(THRESHOLD * slots * 1000) // 1000)  # ceil without float surprises
         story, new = self._claim_story(args=[
-            self.p, article_id, article_id, keys.url or "", keys.guid or "", keys.fingerprint,
+            self.p, article_id, article_id, _digest(keys.url), _digest(keys.guid), keys.fingerprint,
             sig_to_hex(keys.signature), need, self.ttl, now, *keys.bands])
         return StoryClaim(story_id=story, is_new=new == "1")
 

@@ -1,0 +1,124 @@
+"""The Redis store against a real Redis: claims are atomic and idempotent."""
+
+import threading
+from datetime import UTC, datetime
+
+import pytest
+
+from worker.dedupe import story_keys
+from worker.models import Article
+from worker.store import Store
+
+pytestmark = pytest.mark.integration
+
+BODY = ("Japan's imports of liquefied natural gas rose in January as utilities stocked up "
+        "for a cold snap, the finance ministry said on Thursday, with shipments from Australia "
+        "and the United States making up most of the increase over the previous month.")
+
+
+def article(aid: str, url: str, title: str = "Japan LNG imports rise", body: str = BODY) -> Article:
+    return Article(id=aid, canonical_url=url, url=url, guid=None, title=title, author="A",
+                   source="S", published=datetime(2025, 2, 6, tzinfo=UTC), paragraphs=(body,),
+                   feed="https://feed.example/rss")
+
+
+@pytest.fixture
+def store(redis_url):
+    s = Store.from_url(redis_url)
+    yield s
+    s.r.close()
+
+
+def run_at_once(n, fn):
+    barrier = threading.Barrier(n)
+    results = [None] * n
+
+    def go(i):
+        barrier.wait()
+        results[i] = fn(i)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_two_beats_never_hand_out_one_feed_twice(store):
+    store.sync_feeds([f"feed{i}" for i in range(50)], now=100)
+    handed = run_at_once(4, lambda i: store.claim_due(now=200, lease=900))
+    names = [name for batch in handed for name, _ in batch]
+    assert sorted(names) == sorted(f"feed{i}" for i in range(50))
+    assert store.claim_due(now=200, lease=900) == []
+    assert len(store.claim_due(now=1101, lease=900)) == 50  # the lease ran out: handed out again
+
+
+def test_removed_feeds_stop_and_new_feeds_start(store):
+    store.sync_feeds(["a", "b"], now=100)
+    store.set_due("a", 500)
+    store.sync_feeds(["a", "c"], now=200)
+    assert store.due_times() == {"a": 500, "c": 200}
+    store.record_fetch("b", {"outcome": "ok"}, next_due=300)  # b finished after its removal
+    assert "b" not in store.due_times()
+
+
+def test_the_same_story_at_two_workers_at_once_is_one_story(store):
+    copies = [article(f"{i:016x}", f"https://site{i}.example/story?utm_source=x") for i in range(8)]
+    claims = run_at_once(8, lambda i: store.claim_story(copies[i].id, story_keys(copies[i]), 1.0))
+    assert sum(c.is_new for c in claims) == 1
+    assert len({c.story_id for c in claims}) == 1
+    assert store.stats() == {"articles": 8, "stories": 1, "duplicates": 7, "alerts": 0}
+    assert store.story(claims[0].story_id)["copies"] == "8"
+
+
+def test_a_reprint_with_an_added_sentence_is_the_same_story(store):
+    first = article("a" * 16, "https://one.example/a")
+    reprint = article("b" * 16, "https://two.example/b", title="JAPAN LNG IMPORTS RISE",
+                      body=BODY + " Prices in Asia eased later in the week.")
+    other = article("c" * 16, "https://three.example/c", title="Japan cuts LNG imports",
+                    body="Japan cut its imports of liquefied natural gas in March as nuclear "
+                         "reactors restarted and mild weather curbed demand for heating, "
+                         "according to preliminary customs data released on Monday.")
+    assert store.claim_story(first.id, story_keys(first), 1).is_new
+    assert store.claim_story(reprint.id, story_keys(reprint), 2).story_id == first.id
+    assert store.claim_story(other.id, story_keys(other), 3).is_new
+
+
+def test_claiming_an_article_again_counts_it_once(store):
+    a = article("d" * 16, "https://one.example/d")
+    b = article("e" * 16, "https://one.example/d?fbclid=123")
+    first = store.claim_story(a.id, story_keys(a), 1)
+    assert store.claim_story(a.id, story_keys(a), 2) == first  # a retried task
+    assert store.claim_story(b.id, story_keys(b), 3).story_id == first.story_id
+    assert store.claim_story(b.id, story_keys(b), 4).story_id == first.story_id
+    assert store.stats()["duplicates"] == 1
+    assert store.story(first.story_id)["copies"] == "2"
+
+
+def test_story_keys_expire_after_the_retention_window(redis_url):
+    s = Store.from_url(redis_url, retention_days=1)
+    a = article("f" * 16, "https://one.example/f")
+    s.claim_story(a.id, story_keys(a), 1)
+    ttls = [s.r.ttl(k) for k in s.r.scan_iter("newsmon:id:*")]
+    assert ttls and all(0 < t <= 86400 for t in ttls)
+    s.r.close()
+
+
+def test_dump_sequence_is_stable_for_an_article(store):
+    assert store.claim_seq("a" * 16, "2025-02-06") == 1
+    assert store.claim_seq("b" * 16, "2025-02-06") == 2
+    assert store.claim_seq("a" * 16, "2025-02-06") == 1
+    assert store.claim_seq("a" * 16, "2025-02-06", force_new=True) == 3
+    assert store.claim_seq("c" * 16, "2025-02-07") == 1
+
+
+def test_a_watchlist_fires_once_per_story(store):
+    results = run_at_once(6, lambda i: store.claim_alert(
+        "story1", "japan", f"alert_{i}", {"id": f"alert_{i}", "watchlist": "japan"}, 10.0))
+    assert sum(new for _, new in results) == 1
+    assert len({aid for aid, _ in results}) == 1
+    assert store.claim_alert("story1", "lng", "alert_x", {"id": "alert_x"}, 11.0)[1]
+    assert store.stats()["alerts"] == 2
+    assert store.r.xlen("newsmon:alerts") == 2
+    assert store.r.zcard("newsmon:outbox") == 2
