@@ -347,3 +347,14 @@ def alert_view(record: dict[str, Any]) -> dict[str, Any]:
     if record.get("next_attempt"):
         view["next_attempt"] = datetime.fromtimestamp(record["next_attempt"], UTC).isoformat()
     return view
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="Smaller inputs: a rough figure in seconds.")
+@click.option("--only", multiple=True,
+              help="Run only these parts: parse, match, dedupe, poll, latency, deliver.")
+def bench(quick: bool, only: tuple[str, ...]) -> None:
+    """Print speed figures (per core) for each stage of the pipeline."""
+    from worker.bench import run_benchmarks
+
+    run_benchmarks(quick=quick, only=set(only))
