@@ -1,0 +1,581 @@
+"""Pipeline stage *fetch*: get a feed's bytes from an untrusted URL, safely.
+
+Safe means: no request reaches a non-public address (checked on the address actually
+connected to, on every redirect hop), bodies are capped before and after decompression,
+the whole exchange has a deadline, and every failure leaves as a ``FetchError`` with a
+reason a user can act on. ``deliver`` reuses the same guard through ``Fetcher.post``.
+Only this module and ``deliver`` import httpx; see docs/fetching.md.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import os
+import socket
+import ssl
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+
+import httpcore
+import httpx
+
+from worker import USER_AGENT
+from worker.errors import ConfigError, FetchError, PermanentFetchError, TransientFetchError
+
+ALLOW_NETWORKS_ENV = "NEWSMON_ALLOW_NETWORKS"
+MAX_BYTES = 15 * 1024 * 1024
+FEED_ACCEPT = (
+    "application/rss+xml, application/atom+xml, application/feed+json, "
+    "application/xml;q=0.9, text/xml;q=0.9, application/json;q=0.8, */*;q=0.5"
+)
+# Only what _Inflate can decode with a cap. No "br": no brotli decoder is installed, and the
+# common ones cannot bound the output of a single chunk.
+ACCEPT_ENCODING = "gzip, deflate"
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# --- The address guard: pure decisions -------------------------------------------------------
+
+# Not is_private, yet a cloud metadata service answers at 100.100.100.200.
+_CARRIER_GRADE_NAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+# Checked in order, on the address after unwrapping any IPv4 inside it; the first match names
+# the refusal. ipaddress alone is not enough: 224.0.0.1, ff02::1, fec0::1 and NAT64 forms all
+# report is_global (see docs/fetching.md).
+_REFUSALS = (
+    ("loopback", lambda ip: ip.is_loopback),
+    ("unspecified", lambda ip: ip.is_unspecified),
+    ("link-local", lambda ip: ip.is_link_local),
+    ("multicast", lambda ip: ip.is_multicast),
+    ("carrier-grade NAT", lambda ip: ip in _CARRIER_GRADE_NAT),
+    ("private", lambda ip: ip.is_private),
+    ("site-local", lambda ip: ip.version == 6 and ip.is_site_local),
+    ("reserved", lambda ip: ip.is_reserved),
+    ("not globally routable", lambda ip: not ip.is_global),
+)
+
+
+def embedded_ipv4(address: IPAddress) -> IPAddress:
+    """The IPv4 address inside an IPv4-mapped, NAT64 (64:ff9b::/96) or 6to4 address, else itself."""
+    if address.version == 4:
+        return address
+    if address.ipv4_mapped:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return address.sixtofour or address
+
+
+def address_refusal(address: str | IPAddress, allowed: Sequence[IPNetwork] = ()) -> str | None:
+    """Why no request may go to ``address`` ("loopback", "private", ...), or None if it may.
+
+    ``allowed`` networks (NEWSMON_ALLOW_NETWORKS) override every refusal.
+    """
+    ip = ipaddress.ip_address(address)
+    inner = embedded_ipv4(ip)
+    if any(candidate in network for candidate in (ip, inner) for network in allowed):
+        return None
+    return next((name for name, applies in _REFUSALS if applies(inner)), None)
+
+
+def parse_networks(cidrs: Iterable[str], source: str = "allow_networks") -> list[IPNetwork]:
+    """CIDR strings to networks; a ConfigError lists every one that is not a network."""
+    networks: list[IPNetwork] = []
+    problems: list[str] = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
+        except ValueError as exc:
+            problems.append(f"{source}: {cidr!r} is not a CIDR network ({exc})")
+    if problems:
+        raise ConfigError(problems)
+    return networks
+
+
+def allow_networks_from_env(env: Mapping[str, str] = os.environ) -> list[str]:
+    """The comma-separated CIDRs in NEWSMON_ALLOW_NETWORKS, validated (ConfigError if bad)."""
+    cidrs = [part.strip() for part in env.get(ALLOW_NETWORKS_ENV, "").split(",") if part.strip()]
+    parse_networks(cidrs, source=ALLOW_NETWORKS_ENV)
+    return cidrs
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+# --- The address guard: where connections are made -------------------------------------------
+
+# The monotonic deadline of the request in progress on this thread (httpcore's sync I/O runs
+# in the calling thread), so every socket wait can be clamped to it.
+_request_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "newsmon_fetch_deadline", default=None
+)
+
+
+def _clamped(timeout: float | None, expired: type[Exception]) -> float | None:
+    deadline = _request_deadline.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise expired("deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every wait ends by the request's deadline.
+
+    httpx's read timeout restarts on each byte, so a server trickling one byte a second (in
+    the headers too) would otherwise never time out.
+    """
+
+    def __init__(self, inner: httpcore.NetworkStream):
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _clamped(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _clamped(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _clamped(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> object:
+        return self._inner.get_extra_info(info)
+
+
+class GuardedBackend(httpcore.NetworkBackend):
+    """Resolves a host once, refuses it if any address is not public, connects to a checked IP.
+
+    Connecting to the address that was checked (not to the name again) defeats DNS
+    rebinding; httpcore still sends the host name in Host and TLS SNI.
+    """
+
+    def __init__(self, allowed: Sequence[IPNetwork] = ()):
+        self._allowed = list(allowed)
+        self._sockets = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        addresses = self._checked_addresses(host, port)
+        for attempt, address in enumerate(addresses, start=1):
+            try:
+                timeout = _clamped(timeout, httpcore.ConnectTimeout)
+                stream = self._sockets.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+                return _DeadlineStream(stream)
+            except httpcore.ConnectError:
+                if attempt == len(addresses):
+                    raise
+        raise AssertionError("getaddrinfo returned no address")  # pragma: no cover
+
+    def _checked_addresses(self, host: str, port: int) -> list[str]:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise TransientFetchError(f"DNS lookup failed for host {host}") from exc
+        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        for address in addresses:
+            refusal = address_refusal(address, self._allowed)
+            if refusal:
+                of_host = "" if address == host else f" of host {host}"
+                raise PermanentFetchError(
+                    f"refused address {address} ({refusal}){of_host}; "
+                    f"{ALLOW_NETWORKS_ENV} can allow its network"
+                )
+        return addresses
+
+
+def guarded_transport(allowed: Sequence[IPNetwork], limits: httpx.Limits) -> httpx.HTTPTransport:
+    """An httpx transport whose every connection goes through ``GuardedBackend``."""
+    transport = httpx.HTTPTransport(trust_env=False, limits=limits)
+    # httpx 0.28 takes no network backend (encode/httpx#3180), so replace its (still unused)
+    # connection pool with one that has ours.
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=GuardedBackend(allowed),
+    )
+    return transport
+
+
+# --- Bodies ------------------------------------------------------------------------------------
+
+def _size(n: int) -> str:
+    if n >= 1024 * 1024:
+        return f"{n / (1024 * 1024):g} MiB"
+    return f"{n / 1024:g} KiB" if n >= 1024 else f"{n} bytes"
+
+
+class _Identity:
+    def decode(self, chunk: bytes, max_length: int) -> bytes:
+        return chunk
+
+
+class _Inflate:
+    """gzip or zlib-wrapped deflate, never producing more than ``max_length`` bytes a call."""
+
+    def __init__(self, encoding: str):
+        self._encoding = encoding
+        self._zlib = zlib.decompressobj(32 + zlib.MAX_WBITS)  # 32+: accept gzip or zlib header
+
+    def decode(self, chunk: bytes, max_length: int) -> bytes:
+        try:
+            # Output short of max_length means the whole chunk was consumed, so a caller that
+            # stops once max_length is reached loses nothing it would have kept.
+            return self._zlib.decompress(chunk, max_length)
+        except zlib.error as exc:
+            raise PermanentFetchError(f"corrupt {self._encoding} response body") from exc
+
+
+def _decoder(content_encoding: str | None) -> _Identity | _Inflate:
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return _Inflate(encoding)
+    if encoding == "identity":
+        return _Identity()
+    raise PermanentFetchError(f"unsupported Content-Encoding {content_encoding!r}")
+
+
+def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    """The decoded body; abort as soon as the raw or the decoded size passes ``max_bytes``."""
+    too_large = f"response larger than {_size(max_bytes)}"
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise PermanentFetchError(too_large)
+    decoder = _decoder(response.headers.get("content-encoding"))
+    body = bytearray()
+    raw_size = 0
+    for chunk in response.iter_raw():
+        raw_size += len(chunk)
+        if raw_size > max_bytes:
+            raise PermanentFetchError(too_large)
+        body += decoder.decode(chunk, max_bytes - len(body) + 1)
+        if len(body) > max_bytes:
+            raise PermanentFetchError(f"{too_large} after decompression")
+    return bytes(body)
+
+
+def _read_prefix(response: httpx.Response, limit: int) -> bytes:
+    body = bytearray()
+    for chunk in response.iter_raw():
+        body += chunk
+        if len(body) >= limit:
+            break
+    return bytes(body[:limit])
+
+
+# --- Statuses and errors -----------------------------------------------------------------------
+
+def _raise_for_status(response: httpx.Response) -> None:
+    status = response.status_code
+    if 200 <= status < 300 or status == 304:
+        return
+    reason = f"HTTP {status} {response.reason_phrase}".strip()
+    if status in (408, 429) or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        raise TransientFetchError(reason, status=status, retry_after=retry_after)
+    raise PermanentFetchError(reason, status=status)
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause.verify_message or str(cause)
+        if isinstance(cause, ssl.SSLError):  # reason is like "WRONG_VERSION_NUMBER"
+            return cause.reason.replace("_", " ").lower() if cause.reason else str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+@contextmanager
+def _as_fetch_errors(url: str, connect_timeout: float, total_timeout: float) -> Iterator[None]:
+    """Turn whatever the exchange raises into a FetchError that names ``url``."""
+    try:
+        yield
+    except FetchError as exc:
+        if exc.url:
+            raise
+        raise type(exc)(exc.reason, url, exc.status, exc.retry_after) from exc
+    except httpx.ConnectTimeout as exc:
+        raise TransientFetchError(f"connect timed out after {connect_timeout:g} s", url) from exc
+    except httpx.TimeoutException as exc:
+        raise TransientFetchError(f"no complete response within {total_timeout:g} s", url) from exc
+    except httpx.ConnectError as exc:
+        tls = _tls_problem(exc)
+        if tls:  # a certificate problem will not fix itself within a retry's wait
+            raise PermanentFetchError(f"TLS error: {tls}", url) from exc
+        raise TransientFetchError(f"connect failed: {exc}", url) from exc
+    except httpx.HTTPError as exc:  # dropped connections, garbage instead of HTTP
+        raise TransientFetchError(f"connection failed: {exc or type(exc).__name__}", url) from exc
+    except httpx.InvalidURL as exc:
+        raise PermanentFetchError(f"invalid URL: {exc}", url) from exc
+
+
+def _checked_url(url: str) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise PermanentFetchError(f"invalid URL: {exc}", url) from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise PermanentFetchError("only http and https URLs can be fetched", url)
+    return parsed
+
+
+# --- The fetcher -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FetchResult:
+    """A successful GET (after redirects). ``not_modified``: a 304, with empty ``content``."""
+
+    url: str
+    status: int
+    content: bytes
+    content_type: str | None
+    etag: str | None
+    last_modified: str | None
+    not_modified: bool
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class PostResult:
+    """What a POST got back, whatever the status: the caller decides what it means."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    retry_after: float | None
+    elapsed: float
+
+
+class Fetcher:
+    """One per process, shared by every thread: a pooled httpx client behind the address guard.
+
+    ``allow_networks`` lists CIDRs that may be reached although not public (tests, an
+    internal feed server); see ``allow_networks_from_env``.
+    """
+
+    def __init__(
+        self,
+        allow_networks: Sequence[str] = (),
+        *,
+        user_agent: str = USER_AGENT,
+        max_bytes: int = MAX_BYTES,
+        connect_timeout: float = 10.0,
+        total_timeout: float = 30.0,
+        max_redirects: int = 5,
+        per_host: int = 2,
+    ):
+        self.max_bytes = max_bytes
+        self.connect_timeout = connect_timeout
+        self.total_timeout = total_timeout
+        self.max_redirects = max_redirects
+        self.per_host = per_host
+        self._host_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._host_slots_lock = threading.Lock()
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        self._client = httpx.Client(
+            transport=guarded_transport(parse_networks(allow_networks), limits),
+            headers={"User-Agent": user_agent, "Accept-Encoding": ACCEPT_ENCODING},
+            # Feeds must not see each other's cookies through the shared client.
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            follow_redirects=False,  # followed by hand in get(), with the guard on each hop
+            trust_env=False,  # no proxies or certificates from the environment
+        )
+
+    def get(
+        self,
+        url: str,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        accept: str = FEED_ACCEPT,
+    ) -> FetchResult:
+        """GET ``url``, following up to ``max_redirects`` redirects; raise FetchError on failure.
+
+        With ``etag``/``last_modified`` the request is conditional, and a 304 comes back as
+        ``not_modified=True`` with empty content.
+        """
+        started = time.monotonic()
+        headers = {"Accept": accept}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        hop_url, seen = url, {url}
+        with self._deadline_in(self.total_timeout):
+            for _hop in range(self.max_redirects + 1):
+                with self._exchange(
+                    "GET", hop_url, headers, self.connect_timeout, self.total_timeout
+                ) as response:
+                    target = _redirect_target(response)
+                    if target is None:
+                        _raise_for_status(response)
+                        return self._result(response, etag, last_modified, started)
+                if target in seen:
+                    raise PermanentFetchError(f"redirect loop at {target}", url)
+                seen.add(target)
+                hop_url = target
+        raise PermanentFetchError(f"more than {self.max_redirects} redirects", url)
+
+    def post(
+        self,
+        url: str,
+        *,
+        content: bytes,
+        headers: Mapping[str, str] | None = None,
+        connect_timeout: float = 5.0,
+        total_timeout: float = 15.0,
+        max_body: int = 64 * 1024,
+    ) -> PostResult:
+        """POST ``content`` once through the same address guard, following no redirect.
+
+        Any HTTP status is returned, with at most ``max_body`` bytes of the body; only a
+        failure to get a response raises (a FetchError, as for ``get``).
+        """
+        started = time.monotonic()
+        headers = {"Accept-Encoding": "identity", **(headers or {})}
+        with (
+            self._deadline_in(total_timeout),
+            self._exchange("POST", url, headers, connect_timeout, total_timeout, content)
+            as response,
+        ):
+            body = _read_prefix(response, max_body)
+            return PostResult(
+                status=response.status_code,
+                headers=dict(response.headers),
+                body=body,
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+                elapsed=time.monotonic() - started,
+            )
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._client.close()
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        connect_timeout: float,
+        total_timeout: float,
+        content: bytes | None = None,
+    ) -> Iterator[httpx.Response]:
+        """One request in a per-host slot, its response streamed, every error a FetchError."""
+        timeout = httpx.Timeout(total_timeout, connect=connect_timeout)
+        with _as_fetch_errors(url, connect_timeout, total_timeout):
+            parsed = _checked_url(url)
+            with self._host_slot(parsed.host):
+                request = self._client.build_request(
+                    method, parsed, headers=headers, content=content, timeout=timeout
+                )
+                response = self._client.send(request, stream=True)
+                try:
+                    yield response
+                finally:
+                    response.close()
+
+    def _result(self, response: httpx.Response, etag: str | None,
+                last_modified: str | None, started: float) -> FetchResult:
+        not_modified = response.status_code == 304
+        content = b"" if not_modified else _read_capped(response, self.max_bytes)
+        return FetchResult(
+            url=str(response.url),
+            status=response.status_code,
+            content=content,
+            content_type=response.headers.get("content-type"),
+            etag=response.headers.get("etag", etag if not_modified else None),
+            last_modified=response.headers.get(
+                "last-modified", last_modified if not_modified else None
+            ),
+            not_modified=not_modified,
+            elapsed=time.monotonic() - started,
+        )
+
+    @contextmanager
+    def _deadline_in(self, seconds: float) -> Iterator[None]:
+        token = _request_deadline.set(time.monotonic() + seconds)
+        try:
+            yield
+        finally:
+            _request_deadline.reset(token)
+
+    @contextmanager
+    def _host_slot(self, host: str) -> Iterator[None]:
+        """At most ``per_host`` requests to one host at a time, from all threads together."""
+        with self._host_slots_lock:
+            slot = self._host_slots.setdefault(host, threading.BoundedSemaphore(self.per_host))
+        deadline = _request_deadline.get()
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not slot.acquire(timeout=wait):
+            raise TransientFetchError(f"timed out waiting for a free connection to {host}")
+        try:
+            yield
+        finally:
+            slot.release()
+
+
+def _redirect_target(response: httpx.Response) -> str | None:
+    """The absolute URL a redirect points to (its body is never read), or None."""
+    if response.status_code not in _REDIRECT_STATUSES:
+        return None
+    location = response.headers.get("location")
+    if not location:
+        raise PermanentFetchError(f"HTTP {response.status_code} redirect without a Location")
+    try:
+        return str(response.url.join(location))
+    except httpx.InvalidURL as exc:
+        raise PermanentFetchError(f"redirect to an invalid URL {location!r}") from exc
