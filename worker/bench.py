@@ -1,0 +1,299 @@
+"""``newsmon bench``: speed figures for every stage, printed, never asserted.
+
+Figures are for one process (one core) unless a line says otherwise.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import re
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+_VOCABULARY = (
+    "energy market japan tokyo trade minister said imports exports cargo tanker price demand "
+    "supply winter summer policy bank rate growth report shares company plant nuclear coal oil "
+    "gas power grid ministry data month year week official talks deal agency record output "
+    "strike port shipping freight inflation yen dollar")
+WORDS = tuple(_VOCABULARY.split())
+
+
+def _timed(fn: Callable[[], Any], repeat: int) -> float:
+    """Median seconds of ``repeat`` runs."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _sentence(rng: random.Random, n: int = 18) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+def _paragraphs(rng: random.Random, size: int) -> list[str]:
+    out: list[str] = []
+    while sum(len(p) for p in out) < size:
+        out.append(" ".join(_sentence(rng) for _ in range(4)))
+    return out
+
+
+def rss_feed(n_items: int, seed: int = 1, tag: str = "") -> bytes:
+    """An RSS 2.0 feed of ``n_items`` items of ~4 KB HTML each (50 items: ~200 KB)."""
+    rng = random.Random(seed)
+    items = []
+    base = datetime(2025, 2, 6, 12, tzinfo=UTC)
+    for i in range(n_items):
+        body = "".join(f"<p>{p} <a href='https://x.example/{i}'>more</a></p>"
+                       for p in _paragraphs(rng, 3800))
+        when = (base - timedelta(minutes=i)).strftime("%a, %d %b %Y %H:%M:%S +0000")
+        items.append(
+            f"<item><title>{_sentence(rng, 8)} {tag}{i}</title>"
+            f"<link>https://news.example/{tag}{seed}/{i}?utm_source=rss</link>"
+            f"<guid>https://news.example/{tag}{seed}/{i}</guid><pubDate>{when}</pubDate>"
+            f"<dc:creator>Reporter {i % 7}</dc:creator>"
+            f"<description><![CDATA[{body[:300]}]]></description>"
+            f"<content:encoded><![CDATA[{body}]]></content:encoded></item>")
+    return ("<?xml version='1.0' encoding='utf-8'?><rss version='2.0' "
+            "xmlns:dc='http://purl.org/dc/elements/1.1/' "
+            "xmlns:content='http://purl.org/rss/1.0/modules/content/'><channel>"
+            f"<title>Bench {seed}</title><link>https://news.example/</link>"
+            f"{''.join(items)}</channel></rss>").encode()
+
+
+def bench_parse(quick: bool) -> None:
+    import feedparser
+
+    from worker.normalize import normalize_entry
+    from worker.parse import parse_feed
+
+    data = rss_feed(50)
+    now = datetime.now(UTC)
+    repeat = 3 if quick else 10
+
+    def ours() -> None:
+        parsed = parse_feed(data, "application/rss+xml")
+        for entry in parsed.entries:
+            normalize_entry(entry, parsed, feed_url="https://news.example/rss", first_seen=now)
+
+    plain = _timed(lambda: feedparser.parse(data), repeat)
+    fast = _timed(lambda: feedparser.parse(data, sanitize_html=False,
+                                           resolve_relative_uris=False), repeat)
+    full = _timed(ours, repeat)
+    print(f"parse   RSS of 50 items, {len(data) // 1024} KB")
+    print(f"        feedparser alone (defaults)      {plain * 1000:8.1f} ms  "
+          f"{50 / plain:7.0f} entries/s")
+    print(f"        feedparser alone (no sanitize)   {fast * 1000:8.1f} ms  "
+          f"{50 / fast:7.0f} entries/s")
+    print(f"        newsmon parse + normalize        {full * 1000:8.1f} ms  "
+          f"{50 / full:7.0f} articles/s  ({full / plain:.2f}x feedparser's default parse; "
+          "target <= 2x)")
+
+
+def bench_match(quick: bool) -> None:
+    from worker.config import WatchlistConfig
+    from worker.match import compile_watchlists
+
+    rng = random.Random(2)
+    text = " ".join(_paragraphs(rng, 5000))[:5000]
+    vocabulary = [f"{rng.choice(WORDS)}{rng.randrange(10**6)}" for _ in range(100_000)]
+    print("match   one 5 KB article, all watchlists in one automaton")
+    base = None
+    for n in (10, 1000, 100_000):
+        terms = vocabulary[:n - 2] + ["Japan", "LNG"]
+        lists = [WatchlistConfig(name=f"w{i}", entities=terms[i:i + 100])
+                 for i in range(0, n, 100)]
+        start = time.perf_counter()
+        matcher = compile_watchlists(lists)
+        build = time.perf_counter() - start
+        runs = 50 if quick else 300
+        per = _timed(lambda m=matcher, k=runs: [m.match("Japan LNG", text) for _ in range(k)],
+                     3) / runs
+        base = base or per
+        print(f"        {n:>7,} terms  {per * 1e6:8.0f} µs/article  ({per / base:.2f}x the "
+              f"10-term time; target <= 3x)  build {build:.2f} s")
+
+
+def bench_dedupe(quick: bool) -> None:
+    from worker.dedupe import MemoryStoryIndex, StoryKeys, band_keys, signature
+
+    rng = random.Random(3)
+    n = 20_000 if quick else 100_000
+    index = MemoryStoryIndex()
+    start = time.perf_counter()
+    for i in range(n):
+        # Random signatures index as fast as real ones and spread over bands like them.
+        sig = tuple(rng.getrandbits(32) for _ in range(128))
+        index.claim(StoryKeys(f"https://x.example/{i}", None, f"{i:032x}", sig, band_keys(sig)),
+                    f"s{i}", 1.0)
+    fill = time.perf_counter() - start
+    texts = [("Title " + _sentence(rng, 6), " ".join(_paragraphs(rng, 3000))) for _ in range(200)]
+    t0 = time.perf_counter()
+    for i, (title, body) in enumerate(texts):
+        sig = signature(title, body)
+        index.claim(StoryKeys(f"https://y.example/{i}", None, f"y{i}", sig, band_keys(sig)),
+                    f"y{i}", 2.0)
+    per = (time.perf_counter() - t0) / len(texts)
+    print(f"dedupe  near-duplicate check, {n:,} stories indexed "
+          f"(in memory, filled in {fill:.0f} s)")
+    print(f"        signature + claim  {per * 1000:.2f} ms/article  (target < 2 ms)")
+    _bench_dedupe_redis(texts, quick)
+
+
+def _bench_dedupe_redis(texts: list[tuple[str, str]], quick: bool) -> None:
+    from worker.dedupe import story_keys
+    from worker.models import Article
+
+    with _redis() as url:
+        from worker.store import Store
+
+        store = Store.from_url(url)
+        now = datetime.now(UTC)
+        arts = [Article(id=f"{i:016x}", canonical_url=f"https://z.example/{i}",
+                        url=f"https://z.example/{i}", guid=None, title=t, author="a", source="s",
+                        published=now, paragraphs=(b,), feed="f") for i, (t, b) in enumerate(texts)]
+        t0 = time.perf_counter()
+        for a in arts:
+            store.claim_story(a.id, story_keys(a), 1.0)
+        per = (time.perf_counter() - t0) / len(arts)
+        print(f"        with the Redis story index (one script call)  {per * 1000:.2f} ms/article")
+        store.r.flushdb()
+
+
+class _redis:
+    """A flushed scratch database: REDIS_URL's server (db 14) or an embedded one."""
+
+    def __enter__(self) -> str:
+        import redis
+
+        from worker.embedded import EmbeddedRedis
+
+        self.server = None
+        base = re.sub(r"/\d*$", "", os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379")
+        try:
+            redis.Redis.from_url(base, socket_connect_timeout=1).ping()
+        except redis.RedisError:
+            self.server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="newsmon-bench-")))
+            base = self.server.start().rsplit("/", 1)[0]
+        self.url = f"{base}/14"
+        redis.Redis.from_url(self.url).flushdb()
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server:
+            self.server.stop()
+
+
+# -- one poll cycle over many feeds --------------------------------------------------------------
+def _serve_feeds(port_queue: Any, n_feeds: int, changed_every: int) -> None:
+    """A loopback feed server (own process): every ``changed_every``-th feed has 5 new items per
+    cycle; the others answer 304 to a matching If-None-Match."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    cycle = {"n": 0}
+    cache: dict[tuple[int, int], bytes] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            if self.path == "/next-cycle":
+                cycle["n"] += 1
+                return self._send(200, b"ok", {})
+            i = int(self.path.strip("/").split("/")[-1])
+            changed = i % changed_every == 0
+            version = cycle["n"] if changed else 0
+            etag = f'"{i}-{version}"'
+            if self.headers.get("If-None-Match") == etag:
+                return self._send(304, b"", {"ETag": etag})
+            key = (i, version)
+            if key not in cache:
+                cache[key] = rss_feed(5, seed=i, tag=f"c{version}-")
+            self._send(200, cache[key], {"ETag": etag, "Content-Type": "application/rss+xml"})
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.request_queue_size = 256
+    port_queue.put(server.server_address[1])
+    server.serve_forever()
+
+
+def bench_poll(quick: bool) -> None:
+    import httpx
+
+    from worker.config import FeedConfig
+    from worker.service import Service
+    from worker.settings import Settings
+
+    n = 1000 if quick else 10_000
+    ctx = multiprocessing.get_context("spawn")
+    ports = ctx.Queue()
+    server = ctx.Process(target=_serve_feeds, args=(ports, n, 10), daemon=True)
+    server.start()
+    port = ports.get(timeout=30)
+    with _redis() as url, tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "config"
+        folder.mkdir()
+        feeds = [FeedConfig(url=f"http://127.0.0.1:{port}/f/{i}", name=f"f{i}", full_text="never")
+                 for i in range(n)]
+        import yaml
+
+        (folder / "feeds.yaml").write_text(yaml.safe_dump(
+            {"feeds": [{"url": f.url, "name": f.name, "full_text": "never"} for f in feeds],
+             "watchlists": [{"name": "japan", "entities": ["Japan", "LNG", "tanker"]}]}))
+        settings = Settings.from_env({"NEWSMON_CONFIG": str(folder), "NEWSMON_DUMP_DIR":
+                                      str(Path(tmp) / "dump"),
+                                      "NEWSMON_ALLOW_NETWORKS": "127.0.0.0/8"})
+        service = Service(settings, url)
+        service.run_once(workers=64)  # first sight: every feed has content; sets the ETags
+        httpx.get(f"http://127.0.0.1:{port}/next-cycle")
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        summary = service.run_once(workers=64)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"poll    one cycle over {n:,} feeds (90% answer 304, 10% have 5 new items), "
+              "64 fetches in flight")
+        print(f"        wall {wall:.1f} s  CPU {cpu:.1f} s  peak RSS {peak:.0f} MiB  "
+              f"new items {summary['new_items']}  failed {len(summary['failed'])}")
+        print(f"        a 5-minute interval leaves {(300 - cpu) / 300:.0%} of one core free "
+              "(feed server on the other core)")
+        service.fetcher.close()
+    server.kill()
+
+
+def run_benchmarks(quick: bool = False, only: set[str] | None = None) -> None:
+    parts: dict[str, Callable[[bool], None]] = {
+        "parse": bench_parse, "match": bench_match, "dedupe": bench_dedupe, "poll": bench_poll,
+    }
+    try:
+        from worker.bench_deliver import bench_deliver
+        from worker.bench_latency import bench_latency
+
+        parts["latency"] = bench_latency
+        parts["deliver"] = bench_deliver
+    except ImportError:
+        pass
+    print(f"newsmon bench ({os.cpu_count()} cores; figures for one process unless stated)")
+    for name, fn in parts.items():
+        if not only or name in only:
+            fn(quick)
