@@ -41,6 +41,8 @@ _NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
 # A sentence ends at . ! ? followed by whitespace, at 。！？, or at a line break. (One character
 # class: the re module scans for it several times faster than for an alternation.)
 _SENTENCE_END = re.compile("[.!?\u3002\uff01\uff1f\n\r\u2028\u2029]")
+_TITLES = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "gen", "gov", "sen",
+                     "rep", "lt", "col", "capt", "sgt", "rev", "hon", "vs"})
 _CLOSING = ".!?\"')]\u201d\u2019\u00bb"
 _WHITESPACE = re.compile(r"\s+")
 
@@ -225,11 +227,7 @@ class _AutomatonBuilder:
         if not key:
             return
         target = _Target(watchlist, entity, term, exact if case_sensitive else None)
-        targets = self.targets.setdefault(key, [])
-        # Terms of one entity that normalize alike would report each occurrence twice.
-        if not any(t.watchlist == watchlist and t.entity == entity and t.exact == target.exact
-                   for t in targets):
-            targets.append(target)
+        self.targets.setdefault(key, []).append(target)
 
     def build(self) -> ahocorasick.Automaton | None:
         if not self.targets:
@@ -305,6 +303,7 @@ def _hit(watchlist: _Watchlist, occurrences: list[_Occurrence]) -> WatchlistHit 
         start, end = o.normalized.original_span(o.start, o.stop)
         entity = o.target.entity
         key = (entity, o.field, start, end)
+        # Terms of one entity that normalize alike ("US" and "us") find the same text once.
         if key not in matches:
             matches[key] = (entity, Match(
                 entity=watchlist.entities[entity], term=o.target.term, field=o.field,
@@ -369,7 +368,21 @@ def _after_sentence_end(text: str, at: int) -> int | None:
     after = at + 1
     while after < len(text) and text[after] in _CLOSING:
         after += 1
-    return after if after == len(text) or text[after].isspace() else None
+    if after < len(text) and not text[after].isspace():
+        return None
+    if text[at] == "." and _is_abbreviation(text, at):
+        return None
+    return after
+
+
+def _is_abbreviation(text: str, stop: int) -> bool:
+    """A stop that ends "U.S.", "Mr." or "p." rather than a sentence, by the words around it."""
+    following = text[stop + 1:stop + 40].lstrip(_CLOSING + " \t\u00a0")[:1]
+    if following.islower():
+        return True
+    word = text[max(0, stop - 8):stop].rsplit(None, 1)[-1:] or [""]
+    last = word[0].rsplit(".", 1)[-1]
+    return len(last) == 1 and last.isalpha() or last.casefold() in _TITLES
 
 
 def _fit(before: str, middle: str, after: str, cut_before: bool, cut_after: bool) -> str:
