@@ -38,13 +38,18 @@ def _is_tracking(name: str) -> bool:
 
 def canonical_url(url: str) -> str:
     """The URL that identifies a page: lowercase scheme and host, no default port, no fragment,
-    no tracking parameters, remaining query parameters sorted. Idempotent."""
-    parts = urlsplit(url.strip())
+    no tracking parameters, remaining query parameters sorted. Idempotent. A malformed URL
+    (a bad port or IPv6 literal) is returned as given, stripped: a feed's typo must not stop
+    its entries."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return url.strip()
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
-    port = parts.port
     netloc = host if port is None or DEFAULT_PORTS.get(scheme) == port else f"{host}:{port}"
     if parts.username or parts.password:
         userinfo = parts.username or ""
