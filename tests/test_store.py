@@ -106,11 +106,11 @@ def test_story_keys_expire_after_the_retention_window(redis_url):
 
 
 def test_dump_sequence_is_stable_for_an_article(store):
-    assert store.claim_seq("a" * 16, "2025-02-06") == 1
-    assert store.claim_seq("b" * 16, "2025-02-06") == 2
-    assert store.claim_seq("a" * 16, "2025-02-06") == 1
-    assert store.claim_seq("a" * 16, "2025-02-06", force_new=True) == 3
-    assert store.claim_seq("c" * 16, "2025-02-07") == 1
+    assert store.claim_seq("a" * 16, "2025-02-06") == 0
+    assert store.claim_seq("b" * 16, "2025-02-06") == 1
+    assert store.claim_seq("a" * 16, "2025-02-06") == 0
+    assert store.claim_seq("a" * 16, "2025-02-06", force_new=True) == 2
+    assert store.claim_seq("c" * 16, "2025-02-07") == 0
 
 
 def test_a_watchlist_fires_once_per_story(store):

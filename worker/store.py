@@ -109,7 +109,7 @@ _CLAIM_SEQ = """
 local art = ARGV[1] .. 'art:' .. ARGV[2]
 local seq = redis.call('HGET', art, 'seq')
 if seq and ARGV[4] ~= '1' then return tonumber(seq) end
-seq = redis.call('INCR', ARGV[1] .. 'seq:' .. ARGV[3])
+seq = redis.call('INCR', ARGV[1] .. 'seq:' .. ARGV[3]) - 1  -- the first file is 000, as offline
 redis.call('HSET', art, 'seq', seq)
 return seq
 """
