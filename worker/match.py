@@ -4,9 +4,11 @@ Pure: no Redis, Celery or network. ``compile_watchlists`` once per configuration
 ``match_article`` for every new article.
 
 Terms and texts are normalized the same way before matching: typographic apostrophes, quotes
-and dashes become their ASCII forms, every run of whitespace becomes one space, and (for
-case-insensitive terms) the text is casefolded. Offsets are mapped back through each step, so
-every ``Match`` indexes the original title or body.
+and dashes become their ASCII forms, every run of whitespace becomes one space, and everything
+is casefolded. The automaton searches the casefolded text; a case-sensitive term (an acronym
+such as "US", or any term of an entity with ``case_sensitive: true``) is then confirmed against
+the unfolded text. Offsets are mapped back through each rewrite, so every ``Match`` indexes the
+original title or body.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ SNIPPET_MAX = 240
 _ELLIPSIS = "…"
 
 _TYPOGRAPHIC = (
-    [(c, "'") for c in "\u2019\u2018\u02bc\u2032`"]
-    + [(c, '"') for c in "\u201c\u201d\u201e\u00ab\u00bb"]
-    + [(c, "-") for c in "\u2010\u2011\u2012\u2013\u2014\u2212\ufe63\uff0d"]
+    [(c, "'") for c in "\u2019\u2018\u201b\u02bc\u2032`"]
+    + [(c, '"') for c in "\u201c\u201d\u201e\u201f\u00ab\u00bb"]
+    + [(c, "-") for c in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d"]
     # Every character str.isspace() accepts, so "\s" runs become one space.
     + [(c, " ") for c in "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002"
                          "\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029"
@@ -205,6 +207,8 @@ class _Occurrence(NamedTuple):
 
 @dataclass(frozen=True)
 class _Watchlist:
+    """What matching needs of a watchlist; entities are referred to by index."""
+
     name: str
     entities: tuple[str, ...]
     require_all: bool
