@@ -97,6 +97,11 @@ def test_case_sensitive_false_lets_an_acronym_match_in_any_case() -> None:
     assert matched("Nato and NATO", entity) == ["Nato", "NATO"]
 
 
+def test_case_sensitive_term_is_confirmed_after_characters_that_casefold_to_two() -> None:
+    entity = {"name": "Straße", "case_sensitive": True}
+    assert matched("ß ß STRASSE, strasse, Straße", entity) == ["Straße"]
+
+
 def test_same_term_with_different_case_rules_in_several_watchlists() -> None:
     matcher = compile_watchlists([
         watchlist("US", name="acronym"),
