@@ -30,7 +30,14 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     # Longer than the longest task (fetch: 30 s feed + full-text pages, under the time limits);
     # Celery countdowns are never used for long waits (the due zset and outbox hold those).
-    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+    broker_transport_options={
+        "visibility_timeout": settings.visibility_timeout,
+        # Look for tasks of vanished workers every few seconds (kombu's default sweep is
+        # ~100 s apart), so a killed worker's work restarts soon after the visibility timeout.
+        "unacked_restore_interval": max(1, min(10, int(settings.visibility_timeout / 2))),
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": max(2, min(300, int(settings.visibility_timeout / 2))),
+    },
     worker_cancel_long_running_tasks_on_connection_loss=True,
     task_soft_time_limit=300,
     task_time_limit=360,

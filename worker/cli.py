@@ -358,3 +358,7 @@ def bench(quick: bool, only: tuple[str, ...]) -> None:
     from worker.bench import run_benchmarks
 
     run_benchmarks(quick=quick, only=set(only))
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,7 @@ dump, match, alert. Celery tasks and ``newsmon run --once`` both call these two 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from worker.schedule import next_due_after_failure, next_due_after_success
 from worker.store import Store
 
 log = logging.getLogger("newsmon.pipeline")
+FULL_TEXT_BUDGET = 120.0  # seconds of article-page fetching per feed poll
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,18 @@ def entry_article_id(feed: FeedConfig, entry: FeedEntry) -> str:
 
 def new_entries(feed: FeedConfig, parsed: ParsedFeed, store: Store,
                 fetcher: Fetcher) -> list[Fresh]:
-    """The entries not processed to the end yet, with full text fetched where the feed asks."""
+    """The entries not processed to the end yet, with full text fetched where the feed asks.
+
+    Article pages are fetched one after another until FULL_TEXT_BUDGET seconds are spent; the
+    rest keep the feed's own content, so one poll stays well inside the task time limits."""
     ids = [entry_article_id(feed, e) for e in parsed.entries]
     done = store.done_articles(ids)
+    deadline = time.monotonic() + FULL_TEXT_BUDGET
     fresh = []
     for entry, aid in zip(parsed.entries, ids, strict=True):
         if aid not in done:
-            fresh.append(Fresh(entry, full_text(feed, entry, fetcher)))
+            page = full_text(feed, entry, fetcher) if time.monotonic() < deadline else None
+            fresh.append(Fresh(entry, page))
     return fresh
 
 
