@@ -47,7 +47,8 @@ def redis_url(redis_server: str) -> Iterator[str]:
     yield url
 
 
-Route = tuple[int, dict[str, str], bytes] | Callable[[BaseHTTPRequestHandler], tuple[int, dict[str, str], bytes]]
+Response = tuple[int, dict[str, str], bytes]
+Route = Response | Callable[[BaseHTTPRequestHandler], Response]
 
 
 @dataclass

@@ -5,6 +5,7 @@ Used when ``REDIS_URL`` is unset. It persists with AOF, so stories and alerts su
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -81,7 +82,5 @@ class EmbeddedRedis:
                 self.process.kill()
                 self.process.wait()
         self.process = None
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self.data_dir / "redis.port")
-        except OSError:
-            pass
