@@ -58,7 +58,7 @@ class Service:
         return proc
 
     def newsmon_run(self) -> subprocess.Popen[bytes]:
-        return self.start(sys.executable, "-m", "worker.cli", "run", "--concurrency", "4")
+        return self.start(sys.executable, "-m", "worker", "run", "--concurrency", "4")
 
     def alerts(self) -> list[str]:
         return sorted(self.redis.hget(f"newsmon:alert:{a}", "watchlist")

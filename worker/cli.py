@@ -360,5 +360,36 @@ def bench(quick: bool, only: tuple[str, ...]) -> None:
     run_benchmarks(quick=quick, only=set(only))
 
 
-if __name__ == "__main__":
-    main()
+
+@main.command()
+@click.option("--max-beat-age", type=float, default=None,
+              help="Seconds since the last beat tick that still count as healthy "
+                   "(default: 6 ticks, at least 30 s).")
+def health(max_beat_age: float | None) -> None:
+    """Exit 0 when Redis answers, the beat tick is recent and a worker answers a ping."""
+    from worker.store import Store
+
+    settings = _settings()
+    url = settings.redis_url or embedded.running_url(settings.data_dir)
+    if not url:
+        _unhealthy("no Redis: REDIS_URL is unset and no embedded Redis runs")
+    store = Store.from_url(url)
+    if not store.ping():
+        _unhealthy(f"Redis at {redact_url(url)} does not answer")
+    limit = max_beat_age or max(30.0, 6 * settings.tick_seconds)
+    beat = store.last_beat()
+    if beat is None or time.time() - beat > limit:
+        age = "never" if beat is None else f"{time.time() - beat:.0f} s ago"
+        _unhealthy(f"no recent beat tick (last: {age}; limit {limit:.0f} s)")
+    from worker.app import app
+
+    replies = app.control.ping(timeout=2.0)
+    if not replies:
+        _unhealthy("no worker answered a ping within 2 s")
+    click.echo(f"healthy: Redis answers, beat {time.time() - beat:.0f} s ago, "
+               f"{len(replies)} worker(s) answered")
+
+
+def _unhealthy(reason: str) -> None:
+    click.echo(f"unhealthy: {reason}")
+    sys.exit(1)
