@@ -52,11 +52,11 @@ _CHARSET_PARAM = re.compile(r";\s*charset\s*=\s*[\"']?([^\"';\s]*)[\"']?", re.I)
 
 # The prolog: processing instructions, comments and whitespace before the DOCTYPE.
 _PROLOG_ITEM = re.compile(rb"\s*(?:<\?.*?\?>|<!--.*?-->)", re.S)
-# A DOCTYPE with an optional internal subset; every alternative starts with a different
-# character, so matching stays linear even on hostile input.
+# A DOCTYPE with an optional internal subset. Possessive quantifiers: on an unterminated
+# subset, backtracking through every way to split a run of text would take minutes.
 _DOCTYPE = re.compile(
-    rb"""<!DOCTYPE(?P<head>(?:[^\["'>]+|"[^"]*"|'[^']*')*)"""
-    rb"""(?:\[(?P<subset>(?:[^\]"'<]+|"[^"]*"|'[^']*'|<!--.*?-->|<(?!!--))*)\]\s*)?>""",
+    rb"""<!DOCTYPE(?P<head>(?:[^\["'>]++|"[^"]*+"|'[^']*+')*+)"""
+    rb"""(?:\[(?P<subset>(?:[^\]"'<]++|"[^"]*+"|'[^']*+'|<!--.*?-->|<(?!!--))*+)\]\s*)?>""",
     re.I | re.S,
 )
 # Entities whose value is one character reference cannot amplify anything; keep them.
@@ -66,6 +66,9 @@ _ENTITY_DECL = re.compile(rb"<!ENTITY", re.I)
 # feedparser reads entity declarations in everything before the first element.
 _FIRST_ELEMENT = re.compile(rb"<\w")
 _ROOT_NAME = re.compile(rb"<([A-Za-z_][\w:.-]*)")
+_EMAIL = r"[^\s@()<>]+@[^\s()<>]+"
+_EMAIL_THEN_NAME = re.compile(rf"\s*{_EMAIL}\s*\((?P<name>[^()]+)\)\s*$")
+_NAME_THEN_EMAIL = re.compile(rf"(?P<name>[^()<>]+?)\s*[(<]{_EMAIL}[)>]\s*$")
 
 
 class _BadEntry(ValueError):
@@ -153,9 +156,20 @@ def _plain_text(detail: Any) -> str | None:
 
 
 def _author_name(node: Any) -> str | None:
-    """The author's name (``Jo Bloggs`` of RSS's ``jo@example.com (Jo Bloggs)``), else as given."""
+    """The author's name: ``Jo Bloggs`` of ``jo@example.com (Jo Bloggs)`` or ``Jo Bloggs
+    <jo@example.com>``, else the text as given.
+
+    feedparser's own split cuts e-mail domains with long top-level domains in the wrong place.
+    """
+    raw = _capped(node.get("author"), MAX_AUTHOR)
+    if raw:
+        match = _EMAIL_THEN_NAME.match(raw) or _NAME_THEN_EMAIL.match(raw)
+        if match:
+            return match.group("name").strip()
+        if "@" not in raw:
+            return raw
     detail = node.get("author_detail") or {}
-    return detail.get("name") or node.get("author") or None
+    return detail.get("name") or raw or None
 
 
 def _entry_date(entry: Any) -> datetime | None:
@@ -165,8 +179,9 @@ def _entry_date(entry: Any) -> datetime | None:
     is read first; feedparser's value is the fallback for formats we do not read.
     """
     for key in ("published", "updated"):
-        raw = entry.get(key)
-        parsed = entry.get(f"{key}_parsed")
+        # dict.get: FeedParserDict.get("updated") falls back to "published" with a warning.
+        raw = dict.get(entry, key)
+        parsed = dict.get(entry, f"{key}_parsed")
         if not raw and not parsed:
             continue
         if raw and (when := _date_from_string(str(raw))) is not None:
