@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,13 +152,21 @@ def place_dump(path: Path, text: str) -> bool:
 
 
 def local_sequence(root: str | os.PathLike[str]) -> Callable[[str], int]:
-    """A ``next_seq`` for offline use: the highest NNN in the day's folder plus one (0 if none)."""
+    """A ``next_seq`` for offline use: the highest NNN in the day's folder plus one (0 if none).
+
+    Numbers are unique within this process (threads included); separate processes writing one
+    folder may pick the same number, which costs no file but leaves two files with one NNN.
+    """
+    lock = threading.Lock()
+    last: dict[str, int] = {}
 
     def next_seq(day: str) -> int:
         folder = Path(root) / day
-        numbers = [int(m.group(1)) for name in _names(folder)
-                   if (m := _DUMP_NAME.fullmatch(name))]
-        return max(numbers, default=-1) + 1
+        on_disk = max((int(m.group(1)) for name in _names(folder)
+                       if (m := _DUMP_NAME.fullmatch(name))), default=-1)
+        with lock:
+            last[day] = max(on_disk, last.get(day, -1)) + 1
+            return last[day]
 
     return next_seq
 
