@@ -154,13 +154,42 @@ def _casefold(text: str) -> tuple[str, _OffsetLayer | None]:
     return _map_typographic(folded), _OffsetLayer(tuple(starts), tuple(origins))
 
 
+def _utf8_letters(text: str) -> str:
+    """The UTF-8 bytes of ``text`` as a string of code points below 256: the automaton's alphabet.
+
+    pyahocorasick finds a node's child by a linear scan, so terms in scripts with thousands of
+    letters slow down every character searched: 100,000 kanji terms cost 30 ms on a 5 KB
+    English article. Over bytes a node has at most 256 children (18 µs for the same search).
+    """
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogatepass").decode("latin-1")
+
+
+class _Utf8Offsets:
+    """Character offsets of UTF-8 byte offsets, asked for in increasing order."""
+
+    def __init__(self, text: str):
+        self._data = text.encode("utf-8", "surrogatepass")
+        self._byte = self._char = 0
+
+    def char_offset(self, byte: int) -> int:
+        if byte < self._byte:
+            self._byte = self._char = 0
+        self._char += len(self._data[self._byte:byte].decode("utf-8", "surrogatepass"))
+        self._byte = byte
+        return self._char
+
+
 @dataclass(frozen=True)
 class _Haystack:
-    """One field in both forms: ``folded`` is searched, ``exact`` confirms case-sensitive terms."""
+    """One field in all its forms: ``search`` is searched, ``folded`` locates what is found and
+    ``exact`` confirms case-sensitive terms."""
 
     exact: str                      # typographic characters mapped, whitespace collapsed
     folded: _Normalized             # ``exact`` casefolded, mapped back to the original
     fold: _OffsetLayer | None       # positions in ``folded.text`` to positions in ``exact``
+    search: str                     # ``folded.text`` as UTF-8 letters (see _utf8_letters)
 
     def has_exact(self, start: int, stop: int, term: str) -> bool:
         if self.fold is not None:
@@ -172,7 +201,7 @@ def _haystack(text: str) -> _Haystack:
     collapsed = _collapse(text)
     folded, fold = _casefold(collapsed.text)
     layers = collapsed.layers if fold is None else (fold, *collapsed.layers)
-    return _Haystack(collapsed.text, _Normalized(folded, layers), fold)
+    return _Haystack(collapsed.text, _Normalized(folded, layers), fold, _utf8_letters(folded))
 
 
 def is_acronym(term: str) -> bool:
@@ -237,8 +266,8 @@ class _AutomatonBuilder:
             return None    # pyahocorasick refuses to search an automaton without keys
         automaton = ahocorasick.Automaton()
         for key, targets in self.targets.items():
-            automaton.add_word(key, (len(key), _in_spaceless_script(key[0]),
-                                     _in_spaceless_script(key[-1]), tuple(targets)))
+            automaton.add_word(_utf8_letters(key), (len(key), _in_spaceless_script(key[0]),
+                                                    _in_spaceless_script(key[-1]), tuple(targets)))
         automaton.make_automaton()
         return automaton
 
@@ -285,9 +314,12 @@ def _whole_words(automaton: ahocorasick.Automaton,
     """Whole-word occurrences in ``haystack.folded``, once for each target they stand for."""
     text = haystack.folded.text
     size = len(text)
-    # iter() yields (index of the last character, value) for every match, overlapping ones too.
-    for last, (length, free_start, free_end, targets) in automaton.iter(text):
-        start, stop = last - length + 1, last + 1
+    offsets = None if text.isascii() else _Utf8Offsets(text)    # ASCII: bytes are characters
+    # iter() yields (index of the last letter, value) for every match, overlapping ones too,
+    # in increasing order of that index.
+    for last, (length, free_start, free_end, targets) in automaton.iter(haystack.search):
+        stop = last + 1 if offsets is None else offsets.char_offset(last + 1)
+        start = stop - length
         if not free_start and start > 0 and _continues_word(text[start - 1]):
             continue
         if not free_end and stop < size and _continues_word(text[stop]):
