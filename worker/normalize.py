@@ -48,13 +48,9 @@ SKIP_TAGS = frozenset({
 
 _TAG = re.compile(r"<[A-Za-z!/?]")
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v\xa0]*\n")
-_XML_DECL = re.compile(r"^\s*<\?xml[^>]*>")
-# Characters lxml refuses and a UTF-8 file cannot hold (lone surrogates), plus invisible ones.
+_SURROGATES = re.compile("[\ud800-\udfff]")
+# Control and invisible characters that are no whitespace (whitespace is collapsed anyway).
 _UNWANTED = re.compile("[\x00-\x08\x0e-\x1b\x7f\ud800-\udfff\ufffe\uffff\u200b\ufeff\xad]")
-# Line and page separators lxml refuses: they separate words, so they become spaces.
-_SEPARATORS = re.compile("[\x0b\x0c\x1c-\x1f]")
-# Python's \s covers Unicode spaces: nbsp, thin spaces, ideographic space, line separators.
-_SPACES = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -121,10 +117,10 @@ def html_to_paragraphs(markup: str) -> list[str]:
     become one space, and scripts, styles, images, forms and the like contribute no text.
     Text without any tag is split on blank lines instead.
     """
-    markup = _SEPARATORS.sub(" ", _UNWANTED.sub("", markup))
+    markup = _parseable(markup)
     if not _TAG.search(markup):
         return _collapsed(html.unescape(part) for part in _BLANK_LINE.split(markup))
-    root = lxml.html.fragment_fromstring(_XML_DECL.sub("", markup), create_parent="div")
+    root = lxml.html.fragment_fromstring(markup, create_parent="div")
     paragraphs = _Paragraphs()
     # An explicit stack instead of recursion: feed HTML can be nested arbitrarily deep.
     todo: list[tuple[lxml.html.HtmlElement, bool]] = [(root, False)]
@@ -183,7 +179,7 @@ def extract_page(page: str | bytes, url: str) -> PageText | None:
     text = getattr(document, "text", None) if document is not None else None
     if not text:
         return None
-    paragraphs = _collapsed(_UNWANTED.sub("", line) for line in text.split("\n"))
+    paragraphs = _collapsed(_parseable(text).split("\n"))
     if not paragraphs:
         return None
     author = _one_line(document.author) or None
@@ -210,17 +206,34 @@ class _Paragraphs:
 
 def _one_line(text: str | None) -> str:
     """Plain text on one line: whitespace runs become one space, invisible characters go."""
-    return " ".join(_UNWANTED.sub("", text).split()) if text else ""
+    lines = _collapsed([text]) if text else []
+    return lines[0] if lines else ""
 
 
 def _collapsed(texts: Iterable[str]) -> list[str]:
-    """Each text on one line with single spaces; empty ones dropped."""
+    """Each text on one line with single spaces (str.split knows every Unicode space, nbsp
+    and line separators included), control and invisible characters removed, empties dropped.
+    """
     out = []
     for text in texts:
-        line = _SPACES.sub(" ", text).strip()
+        line = " ".join(text.split())
+        if not line.isprintable():  # rare: the fast check spares a regex over every line
+            line = " ".join(_UNWANTED.sub("", line).split())
         if line:
             out.append(line)
     return out
+
+
+def _parseable(markup: str) -> str:
+    """Without what lxml mishandles: it cuts text at a lone surrogate and keeps NULs."""
+    if "\x00" in markup:
+        markup = markup.replace("\x00", "")
+    if not markup.isascii():
+        try:
+            markup.encode("utf-8")
+        except UnicodeEncodeError:
+            markup = _SURROGATES.sub("", markup)
+    return markup
 
 
 def _length(paragraphs: Iterable[str]) -> int:
