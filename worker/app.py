@@ -50,11 +50,16 @@ app.conf.update(
         "newsmon.fetch": {"queue": "fetch"},
         "newsmon.process": {"queue": "process"},
         "newsmon.deliver": {"queue": "deliver"},
+        "newsmon.deliver_due": {"queue": "schedule"},
     },
     beat_schedule={
         # Hands out due feeds; a tick not run within its own period is dropped, not queued up.
         "tick": {"task": "newsmon.tick", "schedule": settings.tick_seconds,
                  "options": {"expires": settings.tick_seconds}},
+        # Hands out the outbox's due deliveries (retries, and alerts whose first send was lost);
+        # new alerts are sent at once by the process task. Dropped, not queued, if late.
+        "deliver-due": {"task": "newsmon.deliver_due", "schedule": settings.tick_seconds,
+                        "options": {"expires": settings.tick_seconds}},
     },
 )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import datetime
@@ -12,14 +14,24 @@ from functools import cached_property
 from typing import Any
 
 from worker.config import Config, ConfigWatcher, FeedConfig
-from worker.fetch import Fetcher
+from worker.deliver import (
+    DEST_SLOTS,
+    QUEUE_LEASE,
+    Attempt,
+    DeliveryResult,
+    deliver_claim,
+    destinations,
+    ping_webhook,
+)
+from worker.errors import ConfigError
+from worker.fetch import Fetcher, parse_networks
 from worker.match import Matcher, compile_watchlists
 from worker.models import FeedEntry, ParsedFeed
 from worker.normalize import PageText
 from worker.pipeline import Fresh, Submit, poll_feed, process_entries
 from worker.schedule import CLAIM_LEASE
 from worker.settings import Settings
-from worker.store import Store
+from worker.store import DeliveryClaim, Store
 
 log = logging.getLogger("newsmon.service")
 
@@ -68,8 +80,9 @@ class Service:
         return process_entries(feed, parsed, items, self.store, self.matcher(),
                                self.settings.dump_dir, time.time())
 
-    def run_once(self, workers: int = 8) -> dict[str, Any]:
-        """Poll every feed once and process everything that came in, in this process."""
+    def run_once(self, workers: int = 8, delivery_timeout: float = 60.0) -> dict[str, Any]:
+        """Poll every feed once and process everything that came in, in this process; then
+        deliver until every new alert is delivered, dead or only recorded, or the timeout."""
         config = self.config()
         self.store.sync_feeds([f.name for f in config.feeds], time.time())
         alerts: list[str] = []
@@ -81,8 +94,77 @@ class Service:
             outcomes = list(pool.map(lambda f: self.poll(f, submit), config.feeds))
         failed = [(f.name, o.get("error")) for f, o in zip(config.feeds, outcomes, strict=True)
                   if o.get("outcome") == "failed"]
+        deliveries = self.deliver_until_done(alerts, delivery_timeout, workers=2 * workers)
         return {"feeds": len(config.feeds), "failed": failed,
-                "new_items": sum(o.get("new_items", 0) for o in outcomes), "alerts": alerts}
+                "new_items": sum(o.get("new_items", 0) for o in outcomes), "alerts": alerts,
+                "deliveries": deliveries}
+
+    # -- delivery ------------------------------------------------------------------------------
+    @cached_property
+    def sender(self) -> Fetcher:
+        """Deliveries' own connection pool, so webhooks never wait behind feed fetches."""
+        return Fetcher(self.settings.allow_networks, per_host=2 * DEST_SLOTS)
+
+    @cached_property
+    def allowed(self) -> list[Any]:
+        return parse_networks(self.settings.allow_networks)
+
+    def claim_deliveries(self, now: float,
+                         alert_ids: list[str] | None = None) -> list[DeliveryClaim]:
+        """Hand out the due outbox members (or these new alerts), each once. A new alert is
+        first split into one member per destination of its watchlist, as configured now."""
+        claims = self.store.claim_deliveries(now, QUEUE_LEASE, uuid.uuid4().hex,
+                                             members=alert_ids)
+        ready = [c for c in claims if "|" in c.member]
+        fresh = [c for c in claims if "|" not in c.member]
+        if not fresh:
+            return ready
+        lists = {w.name: w for w in self.config().watchlists}
+        stories = self.store.alert_stories([c.member for c in fresh])
+        for claim, story in zip(fresh, stories, strict=True):
+            ready += self.store.expand_alert(claim, story, destinations(lists.get(claim.watchlist)),
+                                             now, QUEUE_LEASE)
+        return ready
+
+    def deliver(self, claim: DeliveryClaim, requeue_busy: bool = False) -> DeliveryResult:
+        """One attempt of a claimed member, recorded on its alert."""
+        return deliver_claim(claim, self.store, self.sender, self.config(), allowed=self.allowed,
+                             requeue_busy=requeue_busy)
+
+    def deliver_until_done(self, alert_ids: list[str], timeout: float,
+                           workers: int = 16) -> dict[str, int]:
+        """Deliver from the outbox in this process (any due member, not only these alerts)
+        until none of ``alert_ids`` is pending or retrying, or ``timeout`` seconds pass.
+        Returns how many of them ended in each state."""
+        deadline = time.monotonic() + timeout
+        states: dict[str, str | None] = {}
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            while True:
+                list(pool.map(self.deliver, self.claim_deliveries(time.time())))
+                states = self.store.delivery_states(alert_ids)
+                left = deadline - time.monotonic()
+                if left <= 0 or not any(s in ("pending", "retrying") for s in states.values()):
+                    break
+                due = self.store.outbox_next() or time.time() + 1.0
+                time.sleep(min(max(due - time.time(), 0.02), left, 1.0))
+        return dict(Counter(s or "missing" for s in states.values()))
+
+    def replay(self, alert_ids: list[str]) -> dict[str, int]:
+        """Queue these alerts' dead destinations again: destinations queued per alert id
+        (-1: no such alert)."""
+        now = time.time()
+        return {aid: self.store.replay(aid, now) for aid in alert_ids}
+
+    def replay_dead(self) -> dict[str, int]:
+        """Queue every dead-lettered destination again."""
+        return self.replay(self.store.dead_alerts())
+
+    def test_webhook(self, name: str) -> Attempt:
+        """Send a signed ping to a configured webhook and return what it answered."""
+        hook = self.config().webhooks.get(name)
+        if hook is None:
+            raise ConfigError(f"no webhook named {name!r} in {self.settings.config_dir}")
+        return ping_webhook(self.sender, name, hook, time.time(), "ping_" + uuid.uuid4().hex)
 
 
 # -- JSON for Celery messages ---------------------------------------------------------------

@@ -9,13 +9,27 @@ Keys (prefix ``newsmon:``):
     story:{id}           hash    first article, created, copies (TTL: retention window)
     story:sig:{id}       string  MinHash signature as hex (TTL: retention window)
     fired:{story}:{wl}   string  alert id: a watchlist fires at most once per story
-    alert:{id}           hash    data (JSON), state, created, watchlist, attempts (no TTL)
+    alert:{id}           hash    data (JSON), state, created, watchlist, attempts (no TTL);
+                                 delivery: dests, story, log (JSON list of attempts),
+                                 next_attempt, and per destination st:, n:, starts:, next:,
+                                 why:, lease: {dest} (see "delivery" below)
     alerts:by-time       zset    alert id -> created time
-    outbox               zset    alert id -> next delivery attempt time
+    outbox               zset    alert id, then "alert id|dest" -> next delivery attempt time
+    dead                 zset    "alert id|dest" -> time it was dead-lettered
+    dest:{dest}:inflight zset    "alert id|dest" -> when its attempt began (destination slots)
+    dest:{dest}:hold     string  no attempt to the destination before this time (Retry-After)
+    webhook:disabled:{h} string  why the webhook configuration with digest h is off (410 Gone)
     seq:{YYYY-MM-DD}     counter dump file sequence per day folder
     stats                hash    articles, stories, duplicates, alerts
     articles             stream  one JSON entry per new story's article (bounded)
     alerts               stream  one JSON entry per alert (bounded)
+
+Delivery: an alert enters the outbox as its bare id. Whoever claims it first lists its
+destinations ("webhook:{name}", "notify:{scheme}:{digest}") and replaces it by one member
+"alert id|dest" each, or marks the alert "recorded" when it has none. Claiming a member moves
+its score ahead by a lease and writes the claimer's token to lease:{dest}, so a worker that dies
+mid-delivery only delays it; st:{dest} is pending, retrying, delivered or dead, and the alert's
+own state and next_attempt sum them up (dead once nothing is pending or retrying and one is dead).
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import redis
@@ -272,6 +287,12 @@ class Store:
         data["attempts"] = json.loads(record.get("log", "[]"))
         if record.get("next_attempt"):
             data["next_attempt"] = float(record["next_attempt"])
+        data["deliveries"] = {dest: {
+            "state": record.get(f"st:{dest}", "pending"),
+            "attempts": int(record.get(f"n:{dest}") or 0),
+            "next_attempt": float(record[f"next:{dest}"]) if record.get(f"next:{dest}") else None,
+            "reason": record.get(f"why:{dest}") or None,
+        } for dest in record.get("dests", "").split()}
         return data
 
     def stats(self) -> dict[str, int]:
@@ -280,3 +301,312 @@ class Store:
 
     def now(self) -> float:
         return time.time()
+
+    # -- delivery ------------------------------------------------------------------------------
+    # The outbox and per-destination state of alerts; the scripts are at the end of the module.
+    @cached_property
+    def _delivery_scripts(self) -> dict[str, Any]:
+        return {name: self.r.register_script(text) for name, text in (
+            ("claim", _CLAIM_DELIVERIES), ("expand", _EXPAND_ALERT), ("start", _START_DELIVERY),
+            ("record", _RECORD_DELIVERY), ("replay", _REPLAY))}
+
+    def claim_deliveries(self, now: float, lease: float, token: str, limit: int = 1000,
+                         members: list[str] | None = None) -> list[DeliveryClaim]:
+        """Hand out due outbox members (or only those of ``members`` that are due), each once:
+        their score moves ``lease`` ahead and ``token`` becomes their owner."""
+        flat = self._delivery_scripts["claim"](
+            keys=[self.p + "outbox"], args=[self.p, now, lease, limit, token, *(members or [])])
+        return [DeliveryClaim(flat[i], token, flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    def expand_alert(self, claim: DeliveryClaim, story: str, dests: list[str], now: float,
+                     lease: float) -> list[DeliveryClaim]:
+        """Turn a claimed alert into claimed per-destination members (none: state recorded)."""
+        members = self._delivery_scripts["expand"](
+            args=[self.p, claim.member, claim.token, now, lease, story, *dests])
+        return [DeliveryClaim(m, claim.token, claim.watchlist) for m in members]
+
+    def alert_stories(self, alert_ids: list[str]) -> list[str]:
+        """The story id of each alert ("" for an alert that does not exist)."""
+        pipe = self.r.pipeline()
+        for aid in alert_ids:
+            pipe.hget(f"{self.p}alert:{aid}", "data")
+        return [json.loads(d)["story"] if d else "" for d in pipe.execute()]
+
+    def start_delivery(self, claim: DeliveryClaim, now: float, *, run_lease: float, slots: int,
+                       busy_wait: float, keep_lease: bool, max_lost: int,
+                       queue_lease: float) -> DeliveryStart:
+        """Begin an attempt on a claimed member: its lease becomes ``run_lease`` and it takes
+        one of its destination's ``slots``; see ``_START_DELIVERY`` for the other verdicts."""
+        out = self._delivery_scripts["start"](args=[
+            self.p, claim.member, claim.token, now, run_lease, slots, busy_wait,
+            "1" if keep_lease else "0", max_lost, queue_lease])
+        verdict = out[0]
+        if verdict == "go":
+            return DeliveryStart("go", attempts=int(out[1]), alert=json.loads(out[2]),
+                                 watchlist=out[3], copies=int(out[4]))
+        if verdict in ("busy", "held"):
+            return DeliveryStart(verdict, wait=float(out[1]))
+        if verdict == "lost":
+            return DeliveryStart("lost", attempts=int(out[1]))
+        return DeliveryStart("stale")
+
+    def record_delivery(self, claim: DeliveryClaim, now: float, entry: dict[str, Any] | None,
+                        state: str, when: float | None = None, reason: str = "",
+                        hold_until: float | None = None) -> str:
+        """Log an attempt (``entry``; None logs nothing) and move the member on. Returns the
+        alert's state, or "stale" when the claim was no longer ours (then only the log changed).
+        ``hold_until``: no attempt to this destination before then (its Retry-After)."""
+        return str(self._delivery_scripts["record"](args=[
+            self.p, claim.member, claim.token, now,
+            json.dumps(entry, ensure_ascii=False) if entry else "", state, when or 0, reason,
+            hold_until or 0]))
+
+    def replay(self, alert_id: str, now: float) -> int:
+        """Queue an alert's dead destinations again; -1 if there is no such alert."""
+        return int(self._delivery_scripts["replay"](args=[self.p, alert_id, now]))
+
+    def dead_alerts(self) -> list[str]:
+        """Ids of alerts with a dead-lettered destination, oldest first."""
+        members = self.r.zrange(self.p + "dead", 0, -1)
+        return list(dict.fromkeys(m.split("|", 1)[0] for m in members))
+
+    def outbox_next(self) -> float | None:
+        """When the earliest outbox member is due (None: the outbox is empty)."""
+        first = self.r.zrange(self.p + "outbox", 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    def delivery_states(self, alert_ids: list[str]) -> dict[str, str | None]:
+        """The delivery state of each alert (None: no such alert)."""
+        pipe = self.r.pipeline()
+        for aid in alert_ids:
+            pipe.hget(f"{self.p}alert:{aid}", "state")
+        return dict(zip(alert_ids, pipe.execute(), strict=True))
+
+    def disable_webhook(self, digest: str, reason: dict[str, Any]) -> None:
+        """Disable a webhook configuration (by its digest) until the configuration changes."""
+        self.r.set(f"{self.p}webhook:disabled:{digest}", json.dumps(reason), ex=self.ttl)
+
+    def webhook_disabled(self, digest: str) -> dict[str, Any] | None:
+        raw = self.r.get(f"{self.p}webhook:disabled:{digest}")
+        return json.loads(raw) if raw else None
+
+
+# -- delivery scripts ---------------------------------------------------------------------------
+# Shared by the scripts below: split a member, and fold the destinations' states into the
+# alert's own ``state`` and ``next_attempt``.
+_DELIVERY_LIB = """
+local function split(m)
+  local sep = string.find(m, '|', 1, true)
+  if not sep then return m, '' end
+  return string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
+end
+local function aggregate(a)
+  local dests = redis.call('HGET', a, 'dests') or ''
+  local retrying, pending, dead, nxt = false, false, false, nil
+  for dest in string.gmatch(dests, '%S+') do
+    local s = redis.call('HGET', a, 'st:' .. dest)
+    if s == 'retrying' then
+      retrying = true
+      local n = tonumber(redis.call('HGET', a, 'next:' .. dest))
+      if n and (not nxt or n < nxt) then nxt = n end
+    elseif s == 'dead' then dead = true
+    elseif s ~= 'delivered' then pending = true end
+  end
+  local state = 'delivered'
+  if retrying then state = 'retrying' elseif pending then state = 'pending'
+  elseif dead then state = 'dead' end
+  redis.call('HSET', a, 'state', state)
+  if nxt then redis.call('HSET', a, 'next_attempt', nxt)
+  else redis.call('HDEL', a, 'next_attempt') end
+  return state
+end
+"""
+
+# Hand out due outbox members (all due ones, or only those named), each to one caller.
+# KEYS: outbox. ARGV: prefix, now, lease, limit, token, members... (none: every due member)
+_CLAIM_DELIVERIES = _DELIVERY_LIB + """
+local p, now, lease, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[5]
+local due = {}
+if #ARGV > 5 then
+  for i = 6, #ARGV do
+    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+    if score and tonumber(score) <= now then table.insert(due, ARGV[i]) end
+  end
+else
+  due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[4])
+end
+local out = {}
+for _, m in ipairs(due) do
+  local id, dest = split(m)
+  local a = p .. 'alert:' .. id
+  if redis.call('EXISTS', a) == 0 then
+    redis.call('ZREM', KEYS[1], m)
+  else
+    redis.call('ZADD', KEYS[1], now + lease, m)
+    redis.call('HSET', a, 'lease:' .. dest, token)
+    table.insert(out, m)
+    table.insert(out, redis.call('HGET', a, 'watchlist') or '')
+  end
+end
+return out
+"""
+
+# Replace a claimed bare alert id by one member per destination, claimed by the same token.
+# No destination: the alert is only recorded. ARGV: prefix, id, token, now, lease, story, dests...
+_EXPAND_ALERT = _DELIVERY_LIB + """
+local p, id, token, now, lease = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local a = p .. 'alert:' .. id
+if redis.call('HGET', a, 'lease:') ~= token then return {} end
+if redis.call('ZREM', p .. 'outbox', id) == 0 then return {} end
+redis.call('HDEL', a, 'lease:')
+if #ARGV < 7 then
+  redis.call('HSET', a, 'state', 'recorded', 'dests', '')
+  redis.call('HDEL', a, 'next_attempt')
+  return {}
+end
+local dests, out = {}, {}
+for i = 7, #ARGV do
+  local dest, m = ARGV[i], id .. '|' .. ARGV[i]
+  table.insert(dests, dest)
+  redis.call('HSET', a, 'st:' .. dest, 'pending', 'n:' .. dest, 0, 'starts:' .. dest, 0,
+             'lease:' .. dest, token)
+  redis.call('HDEL', a, 'next:' .. dest, 'why:' .. dest)
+  redis.call('ZADD', p .. 'outbox', now + lease, m)
+  table.insert(out, m)
+end
+redis.call('HSET', a, 'dests', table.concat(dests, ' '), 'story', ARGV[6])
+aggregate(a)
+return out
+"""
+
+# Begin one attempt on a claimed member, unless the claim went stale, the destination is
+# held (Retry-After: the member waits in the outbox) or already has ``slots`` attempts in
+# flight (busy: the member waits a little, in the outbox or, with keep lease, still claimed for
+# a caller that asks again), or too many attempts began and never reported (lost: the caller
+# dead-letters it).
+# ARGV: prefix, member, token, now, run lease, slots, busy wait, keep lease (1/0), max lost,
+#       queue lease
+# Returns {verdict, ...}: {'go', attempts recorded, data, watchlist, copies},
+#   {'busy'|'held', seconds to wait}, {'stale'}, {'lost', starts}.
+_START_DELIVERY = _DELIVERY_LIB + """
+local p, m, token, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local id, dest = split(m)
+local a = p .. 'alert:' .. id
+local outbox = p .. 'outbox'
+if redis.call('HGET', a, 'lease:' .. dest) ~= token then return {'stale'} end
+if not redis.call('ZSCORE', outbox, m) then return {'stale'} end
+local function wait(verdict, seconds, keep)
+  if keep then
+    redis.call('ZADD', outbox, now + seconds + tonumber(ARGV[10]), m)
+  else
+    redis.call('ZADD', outbox, now + seconds, m)
+    redis.call('HDEL', a, 'lease:' .. dest)
+  end
+  return {verdict, tostring(seconds)}
+end
+local hold = tonumber(redis.call('GET', p .. 'dest:' .. dest .. ':hold') or '0')
+if hold > now then return wait('held', hold - now, false) end
+local inflight = p .. 'dest:' .. dest .. ':inflight'
+redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now - tonumber(ARGV[5]))
+if redis.call('ZSCORE', inflight, m) == false
+   and redis.call('ZCARD', inflight) >= tonumber(ARGV[6]) then
+  local oldest = redis.call('ZRANGE', inflight, 0, 0, 'WITHSCORES')
+  local busy = math.min(math.max(now - tonumber(oldest[2]), tonumber(ARGV[7])), 5)
+  return wait('busy', busy, ARGV[8] == '1')
+end
+local recorded = tonumber(redis.call('HGET', a, 'n:' .. dest) or '0')
+local starts = redis.call('HINCRBY', a, 'starts:' .. dest, 1)
+if starts - recorded > tonumber(ARGV[9]) then return {'lost', tostring(starts - 1 - recorded)} end
+redis.call('ZADD', inflight, now, m)
+redis.call('EXPIRE', inflight, 86400)
+redis.call('ZADD', outbox, now + tonumber(ARGV[5]), m)
+local story = redis.call('HGET', a, 'story') or ''
+local copies = redis.call('HGET', p .. 'story:' .. story, 'copies') or '1'
+return {'go', tostring(recorded), redis.call('HGET', a, 'data'), redis.call('HGET', a, 'watchlist'),
+        copies}
+"""
+
+# Record one attempt's outcome: append it to the alert's log, then (if the claim is still
+# ours) move the member on: delivered and dead leave the outbox, retrying is due at ``when``.
+# ARGV: prefix, member, token, now, log entry (JSON), state, when, reason, hold until (0: none)
+_RECORD_DELIVERY = _DELIVERY_LIB + """
+local p, m, token, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local id, dest = split(m)
+local a = p .. 'alert:' .. id
+local outbox = p .. 'outbox'
+redis.call('ZREM', p .. 'dest:' .. dest .. ':inflight', m)
+if tonumber(ARGV[9]) > now then
+  redis.call('SET', p .. 'dest:' .. dest .. ':hold', ARGV[9], 'EX', math.ceil(ARGV[9] - now) + 1)
+end
+if ARGV[5] ~= '' then
+  local log = redis.call('HGET', a, 'log')
+  if not log or log == '' or log == '[]' then log = '[' .. ARGV[5] .. ']'
+  else log = string.sub(log, 1, -2) .. ',' .. ARGV[5] .. ']' end
+  redis.call('HSET', a, 'log', log)
+  redis.call('HINCRBY', a, 'attempts', 1)
+  redis.call('HINCRBY', a, 'n:' .. dest, 1)
+end
+if redis.call('HGET', a, 'lease:' .. dest) ~= token then return 'stale' end
+local state = ARGV[6]
+redis.call('HSET', a, 'st:' .. dest, state)
+if state == 'retrying' then
+  redis.call('ZADD', outbox, ARGV[7], m)
+  redis.call('HSET', a, 'next:' .. dest, ARGV[7])
+else
+  redis.call('ZREM', outbox, m)
+  redis.call('HDEL', a, 'next:' .. dest, 'lease:' .. dest)
+  if state == 'dead' then
+    redis.call('ZADD', p .. 'dead', now, m)
+    redis.call('HSET', a, 'why:' .. dest, ARGV[8])
+  end
+end
+return aggregate(a)
+"""
+
+# Send an alert's dead destinations again, from the first attempt of the schedule; an alert
+# that was only recorded goes back to the outbox to find its destinations anew.
+# ARGV: prefix, alert id, now. Returns the number of destinations queued (-1: no such alert).
+_REPLAY = _DELIVERY_LIB + """
+local p, id, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local a = p .. 'alert:' .. id
+if redis.call('EXISTS', a) == 0 then return -1 end
+if redis.call('HGET', a, 'state') == 'recorded' then
+  redis.call('ZADD', p .. 'outbox', now, id)
+  redis.call('HSET', a, 'state', 'pending')
+  return 1
+end
+local queued = 0
+for dest in string.gmatch(redis.call('HGET', a, 'dests') or '', '%S+') do
+  if redis.call('HGET', a, 'st:' .. dest) == 'dead' then
+    local m = id .. '|' .. dest
+    redis.call('ZREM', p .. 'dead', m)
+    redis.call('ZADD', p .. 'outbox', now, m)
+    redis.call('HSET', a, 'st:' .. dest, 'pending', 'n:' .. dest, 0, 'starts:' .. dest, 0)
+    redis.call('HDEL', a, 'why:' .. dest, 'lease:' .. dest)
+    queued = queued + 1
+  end
+end
+aggregate(a)
+return queued
+"""
+
+
+@dataclass(frozen=True)
+class DeliveryClaim:
+    """An outbox member handed to one caller; ``token`` proves the claim is still its own."""
+
+    member: str
+    token: str
+    watchlist: str
+
+
+@dataclass(frozen=True)
+class DeliveryStart:
+    """What beginning an attempt found: ``verdict`` go | busy | held | stale | lost."""
+
+    verdict: str
+    wait: float = 0.0               # busy, held: seconds until it may be tried again
+    attempts: int = 0               # go: attempts recorded before this one; lost: attempts lost
+    alert: dict[str, Any] | None = None
+    watchlist: str = ""
+    copies: int = 1

@@ -14,6 +14,7 @@ from worker.config import FeedConfig
 from worker.models import ParsedFeed
 from worker.pipeline import Fresh
 from worker.service import Service, decode_batch, encode_batch
+from worker.store import DeliveryClaim
 
 log = logging.getLogger("newsmon.tasks")
 
@@ -51,4 +52,24 @@ def submit_to_queue(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh]) ->
 @app.task(base=NewsmonTask, name="newsmon.process")
 def process(feed: dict[str, Any], batch: dict[str, Any]) -> None:
     parsed, items = decode_batch(batch)
-    service().process(FeedConfig.model_validate(feed), parsed, items)
+    alerts = service().process(FeedConfig.model_validate(feed), parsed, items)
+    if alerts:  # sent now rather than at the next beat tick; the outbox has them either way
+        send_deliveries(service().claim_deliveries(time.time(), alerts))
+
+
+# -- delivery: the outbox in Redis holds every wait; Celery only carries the attempts due now --
+def send_deliveries(claims: list[DeliveryClaim]) -> None:
+    for claim in claims:
+        deliver.delay(claim.member, claim.token, claim.watchlist)
+
+
+@app.task(base=NewsmonTask, name="newsmon.deliver_due")
+def deliver_due() -> None:
+    send_deliveries(service().claim_deliveries(time.time()))
+
+
+@app.task(base=NewsmonTask, name="newsmon.deliver")
+def deliver(member: str, token: str, watchlist: str) -> None:
+    result = service().deliver(DeliveryClaim(member, token, watchlist), requeue_busy=True)
+    if result.outcome == "busy":  # its destination has no free slot: ask again in a moment
+        deliver.apply_async((member, token, watchlist), countdown=result.wait)
