@@ -38,6 +38,7 @@ _TYPOGRAPHIC = (
                          "\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029"
                          "\u202f\u205f\u3000"]
 )
+_TYPOGRAPHIC_ASCII = [(variant, plain) for variant, plain in _TYPOGRAPHIC if variant.isascii()]
 _SPACE_RUN = re.compile("  +")
 _NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
 # A sentence ends at . ! ? followed by whitespace, at 。！？, or at a line break. (One character
@@ -105,9 +106,8 @@ class _Normalized:
 
 def _map_typographic(text: str) -> str:
     """Typographic punctuation to ASCII and every whitespace character to a space."""
-    # A chain of str.replace is ~10x faster than str.translate on non-ASCII text, and
-    # ``in`` answers at once for a character wider than any in the text.
-    for variant, plain in _TYPOGRAPHIC:
+    # A chain of str.replace is ~10x faster than str.translate on non-ASCII text.
+    for variant, plain in _TYPOGRAPHIC_ASCII if text.isascii() else _TYPOGRAPHIC:
         if variant in text:
             text = text.replace(variant, plain)
     return text
@@ -206,6 +206,8 @@ def _haystack(text: str) -> _Haystack:
 
 def is_acronym(term: str) -> bool:
     """Written wholly in capitals with two or more letters (LNG, EU, U.S.)."""
+    if not term.isupper():    # fast path: some cased letter is not a capital, or none is cased
+        return False
     letters = [c for c in term if c.isalpha()]
     return len(letters) >= 2 and all(c.isupper() for c in letters)
 
