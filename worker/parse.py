@@ -91,11 +91,10 @@ def parse_feed(data: bytes, content_type: str | None = None) -> ParsedFeed:
 # --- XML feeds (feedparser) -------------------------------------------------------------------
 
 def _parse_xml_feed(data: bytes, content_type: str | None) -> ParsedFeed:
-    xml, content_type = _as_ascii_compatible(data, content_type)
+    xml, as_sent = _as_ascii_compatible(data, content_type)
     xml = _without_entity_declarations(xml, len(data), content_type)
-    headers = {"content-type": _with_guessed_charset(xml, content_type)}
-    if headers["content-type"] is None:
-        headers = {}
+    as_sent = _with_guessed_charset(xml, as_sent)
+    headers = {"content-type": as_sent} if as_sent else {}
     parsed = feedparser.parse(xml, response_headers=headers, sanitize_html=False,
                               resolve_relative_uris=False)
     if not parsed.get("version") and not parsed.entries:
