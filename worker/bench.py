@@ -282,17 +282,13 @@ def bench_poll(quick: bool) -> None:
 
 
 def run_benchmarks(quick: bool = False, only: set[str] | None = None) -> None:
+    from worker.bench_deliver import bench_deliver
+    from worker.bench_latency import bench_latency
+
     parts: dict[str, Callable[[bool], None]] = {
         "parse": bench_parse, "match": bench_match, "dedupe": bench_dedupe, "poll": bench_poll,
+        "latency": bench_latency, "deliver": bench_deliver,
     }
-    try:
-        from worker.bench_deliver import bench_deliver
-        from worker.bench_latency import bench_latency
-
-        parts["latency"] = bench_latency
-        parts["deliver"] = bench_deliver
-    except ImportError:
-        pass
     print(f"newsmon bench ({os.cpu_count()} cores; figures for one process unless stated)")
     for name, fn in parts.items():
         if not only or name in only:
