@@ -19,10 +19,14 @@ import logging
 import random
 import re
 import socket
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
+from types import ModuleType
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
@@ -88,7 +92,7 @@ def url_secrets(url: str) -> list[str]:
              parts.query, parts.fragment]
     found += [seg for seg in parts.path.split("/") if len(seg) >= 4]
     found += [value for _, _, value in (q.partition("=") for q in parts.query.split("&"))]
-    if parts.scheme not in ("http", "https"):
+    if parts.scheme.lower() not in GUARDED_SCHEMES | {"http", "https"}:
         found.append(parts.netloc.rpartition("@")[2].partition(":")[0])  # as written, not lowered
     found += [unquote(s) for s in found]
     return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
@@ -252,6 +256,7 @@ def post_signed(fetcher: Fetcher, url: str, msg_id: str, payload: dict[str, Any]
         return Attempt(None, exc, None, 0.0)
     body = encode_body(payload)
     headers = webhook_headers(msg_id, int(now), body, keys)
+    remember_secrets(url_secrets(url))
     try:
         result = fetcher.post(url, content=body, headers=headers, connect_timeout=timeouts[0],
                               total_timeout=timeouts[1], max_body=RESPONSE_PREFIX * 4)
@@ -287,37 +292,64 @@ def notify_refusal(url: str, allowed: Sequence[IPNetwork]) -> str | None:
     return None
 
 
-class _QuietApprise(logging.Filter):
-    """Apprise and urllib3 log request URLs and payloads (tokens included) below WARNING; drop
-    those records, and scrub every notification URL's secrets from the rest."""
+class _ScrubSecrets(logging.Filter):
+    """Our HTTP libraries log request URLs (httpx at INFO: "HTTP Request: POST https://user:
+    password@host/token") and Apprise and urllib3 log URLs and payloads below WARNING. Scrub
+    every destination's secrets from their records, and drop Apprise's and urllib3's chatter."""
 
-    def __init__(self) -> None:
+    def __init__(self, quiet_below: int = logging.NOTSET) -> None:
         super().__init__()
-        self.secrets: set[str] = set()
+        self.quiet_below = quiet_below
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < self.quiet_below:
             return False
         message = record.getMessage()
-        clean = redact(message, sorted(self.secrets, key=len, reverse=True))
+        clean = redact(message, _secrets)
         if clean != message:
             record.msg, record.args = clean, None
         return True
 
 
-_apprise_filter = _QuietApprise()
-for _name in ("apprise", "urllib3"):
-    logging.getLogger(_name).addFilter(_apprise_filter)
+_secrets: tuple[str, ...] = ()       # longest first; replaced whole, so readers need no lock
+_secrets_lock = threading.Lock()
+
+
+def remember_secrets(secrets: Iterable[str]) -> None:
+    """Make the log filters scrub these strings from the HTTP libraries' records."""
+    global _secrets
+    with _secrets_lock:
+        if not set(secrets) <= set(_secrets):
+            _secrets = tuple(sorted(set(_secrets) | set(secrets), key=len, reverse=True))
+
+
+for _name, _quiet in (("httpx", logging.NOTSET), ("httpcore", logging.NOTSET),
+                      ("apprise", logging.WARNING), ("urllib3", logging.WARNING)):
+    logging.getLogger(_name).addFilter(_ScrubSecrets(_quiet))
+
+
+_apprise_lock = threading.Lock()
+
+
+@cache
+def _apprise() -> ModuleType:
+    """The apprise module with its ~200 plugins loaded (0.5 s), once per process that notifies.
+    One plugin imports the deprecated ``imghdr``: that warning is apprise's, not ours."""
+    with _apprise_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import apprise
+
+        apprise.Apprise().add("json://localhost/")  # plugins load on the first URL
+        return apprise
 
 
 def send_notification(url: str, title: str, body: str, allowed: Sequence[IPNetwork]) -> Attempt:
     """One notification through Apprise; its failures are transient (Apprise gives no cause
     that could tell a bad token from an outage), except an unusable URL or a refused address."""
-    import apprise  # loads ~200 plugins (0.5 s): only in processes that notify
-
+    apprise = _apprise()
     started = time.monotonic()
     secrets = url_secrets(url)
-    _apprise_filter.secrets.update(secrets)
+    remember_secrets(secrets)
     scheme = urlsplit(url).scheme or "unknown"
     refusal = notify_refusal(url, allowed)
     if refusal:
@@ -428,6 +460,7 @@ def deliver_claim(claim: DeliveryClaim, store: Store, fetcher: Fetcher, config: 
 def send(dest: Destination, alert: dict[str, Any], copies: int, now: float, fetcher: Fetcher,
          allowed: Sequence[IPNetwork], timeouts: tuple[float, float]) -> Attempt:
     """One send to a webhook or a notification URL."""
+    remember_secrets(dest.secrets)
     if dest.webhook is not None:
         return post_signed(fetcher, dest.webhook.url.get_secret_value(), alert["id"],
                            alert_payload(alert, copies),

@@ -7,7 +7,13 @@ import logging
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    Future,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import asdict
 from datetime import datetime
 from functools import cached_property
@@ -109,11 +115,11 @@ class Service:
     def allowed(self) -> list[Any]:
         return parse_networks(self.settings.allow_networks)
 
-    def claim_deliveries(self, now: float,
-                         alert_ids: list[str] | None = None) -> list[DeliveryClaim]:
+    def claim_deliveries(self, now: float, alert_ids: list[str] | None = None,
+                         limit: int = 1000) -> list[DeliveryClaim]:
         """Hand out the due outbox members (or these new alerts), each once. A new alert is
         first split into one member per destination of its watchlist, as configured now."""
-        claims = self.store.claim_deliveries(now, QUEUE_LEASE, uuid.uuid4().hex,
+        claims = self.store.claim_deliveries(now, QUEUE_LEASE, uuid.uuid4().hex, limit=limit,
                                              members=alert_ids)
         ready = [c for c in claims if "|" in c.member]
         fresh = [c for c in claims if "|" not in c.member]
@@ -134,20 +140,38 @@ class Service:
     def deliver_until_done(self, alert_ids: list[str], timeout: float,
                            workers: int = 16) -> dict[str, int]:
         """Deliver from the outbox in this process (any due member, not only these alerts)
-        until none of ``alert_ids`` is pending or retrying, or ``timeout`` seconds pass.
-        Returns how many of them ended in each state."""
+        until none of ``alert_ids`` is pending or retrying, or ``timeout`` seconds pass; then
+        let the attempts in flight finish. Returns how many of them ended in each state."""
         deadline = time.monotonic() + timeout
-        states: dict[str, str | None] = {}
+        running: set[Future[DeliveryResult]] = set()
         with ThreadPoolExecutor(max_workers=workers) as pool:
             while True:
-                list(pool.map(self.deliver, self.claim_deliveries(time.time())))
+                if len(running) < workers:  # claim no more than there are threads to send
+                    claims = self.claim_deliveries(time.time(), limit=workers - len(running))
+                    running |= {pool.submit(self.deliver, claim) for claim in claims}
                 states = self.store.delivery_states(alert_ids)
                 left = deadline - time.monotonic()
                 if left <= 0 or not any(s in ("pending", "retrying") for s in states.values()):
                     break
                 due = self.store.outbox_next() or time.time() + 1.0
-                time.sleep(min(max(due - time.time(), 0.02), left, 1.0))
-        return dict(Counter(s or "missing" for s in states.values()))
+                running = self._wait_for_any(running, min(max(due - time.time(), 0.01), left, 0.5))
+            self._wait_for_any(running, None)
+        return dict(Counter(s or "missing" for s in self.store.delivery_states(alert_ids)
+                            .values()))
+
+    @staticmethod
+    def _wait_for_any(running: set[Future[DeliveryResult]],
+                      timeout: float | None) -> set[Future[DeliveryResult]]:
+        """Wait until one attempt finishes or ``timeout`` passes (None: until all finish)."""
+        if not running:
+            time.sleep(timeout or 0)
+            return running
+        done, left = wait(running, timeout=timeout,
+                          return_when=ALL_COMPLETED if timeout is None else FIRST_COMPLETED)
+        for future in done:
+            if future.exception():  # the member's lease runs out and it is tried again
+                log.error("delivery failed unexpectedly", exc_info=future.exception())
+        return left
 
     def replay(self, alert_ids: list[str]) -> dict[str, int]:
         """Queue these alerts' dead destinations again: destinations queued per alert id
