@@ -352,16 +352,13 @@ def _as_fetch_errors(url: str, connect_timeout: float, total_timeout: float) -> 
         raise TransientFetchError(f"connect failed: {exc}", url) from exc
     except httpx.HTTPError as exc:  # dropped connections, garbage instead of HTTP
         raise TransientFetchError(f"connection failed: {exc or type(exc).__name__}", url) from exc
-    except httpx.InvalidURL as exc:
+    except (httpx.InvalidURL, UnicodeError) as exc:  # UnicodeError: a bad IDNA host name
         raise PermanentFetchError(f"invalid URL: {exc}", url) from exc
 
 
 def _checked_url(url: str) -> httpx.URL:
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise PermanentFetchError(f"invalid URL: {exc}", url) from exc
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    parsed = httpx.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.raw_host:
         raise PermanentFetchError("only http and https URLs can be fetched", url)
     return parsed
 
@@ -518,7 +515,7 @@ class Fetcher:
         timeout = httpx.Timeout(total_timeout, connect=connect_timeout)
         with _as_fetch_errors(url, connect_timeout, total_timeout):
             parsed = _checked_url(url)
-            with self._host_slot(parsed.host):
+            with self._host_slot(parsed.raw_host.decode("ascii")):
                 request = self._client.build_request(
                     method, parsed, headers=headers, content=content, timeout=timeout
                 )
@@ -575,7 +572,4 @@ def _redirect_target(response: httpx.Response) -> str | None:
     location = response.headers.get("location")
     if not location:
         raise PermanentFetchError(f"HTTP {response.status_code} redirect without a Location")
-    try:
-        return str(response.url.join(location))
-    except httpx.InvalidURL as exc:
-        raise PermanentFetchError(f"redirect to an invalid URL {location!r}") from exc
+    return str(response.url.join(location))
