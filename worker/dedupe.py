@@ -7,11 +7,12 @@ the service backs the index with Redis (see ``store``). The rules are in docs/de
 from __future__ import annotations
 
 import hashlib
+import heapq
 import operator
 import re
 import unicodedata
 from array import array
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -217,6 +218,9 @@ def exact_keys(keys: StoryKeys) -> tuple[str, ...]:
 # --- The story index ---------------------------------------------------------------------------
 
 RETENTION_SECONDS = 30 * 24 * 3600
+# A copy at the threshold shares ~4 of 32 bands with its story, an unrelated text at most one;
+# comparing only the best-sharing candidates bounds the work when many stories look alike.
+MAX_CANDIDATES = 8
 
 
 class StoryIndex(Protocol):
@@ -241,8 +245,9 @@ class MemoryStoryIndex:
     ``claim`` looks the copy up in three steps and takes the first answer:
 
     1. exact keys in the order of ``exact_keys`` (URL, GUID, fingerprint);
-    2. every story that shares a band key with the copy is a candidate; the candidate whose
-       stored signature is most similar wins if ``same_story`` holds (ties: smallest id);
+    2. stories that share a band key with the copy are candidates; the MAX_CANDIDATES sharing
+       the most bands (ties: smallest id) are compared, and the one whose stored signature is
+       most similar wins if ``same_story`` holds (ties: smallest id);
     3. otherwise the copy starts a story: its signature and band keys are stored.
 
     Then each exact key of the copy that no other live story holds is recorded under the story,
@@ -284,12 +289,14 @@ class MemoryStoryIndex:
         return None
 
     def _find_similar(self, keys: StoryKeys, now: float) -> str | None:
-        candidates = set().union(*(self._bands.get(band, ()) for band in keys.bands))
-        live = sorted(c for c in candidates if self._live(self._stories[c].seen, now))
-        if not live:
+        shared = Counter(story_id for band in keys.bands for story_id in self._bands.get(band, ()))
+        live = (c for c in shared if self._live(self._stories[c].seen, now))
+        candidates = heapq.nsmallest(MAX_CANDIDATES, live, key=lambda c: (-shared[c], c))
+        if not candidates:
             return None
         # max() keeps the first of equals, so a tie goes to the smallest story id.
-        best = max(live, key=lambda c: similarity(keys.signature, self._stories[c].signature))
+        best = max(sorted(candidates),
+                   key=lambda c: similarity(keys.signature, self._stories[c].signature))
         return best if same_story(keys.signature, self._stories[best].signature) else None
 
     def _add_story(self, story_id: str, keys: StoryKeys, now: float) -> None:
