@@ -126,6 +126,7 @@ def test_etag_and_last_modified_make_the_next_get_a_304(server, fetcher):
     assert (second.status, second.content, second.not_modified) == (304, b"", True)
     assert (second.etag, second.last_modified) == ('"v1"', "Mon, 01 Jan 2024 00:00:00 GMT")
     assert server.requests[1][2]["If-Modified-Since"] == "Mon, 01 Jan 2024 00:00:00 GMT"
+    assert server.connections == 1  # one pooled connection served both
 
 
 def test_user_agent_names_the_project_and_only_decodable_encodings_are_offered(server, fetcher):
@@ -218,6 +219,15 @@ def test_redirect_chain_is_followed_with_relative_locations(server, fetcher):
     server.routes["/feed"] = lambda h: h.reply(200, b"<feed/>")
     result = fetcher.get(server.url("/old"))
     assert (result.url, result.content) == (server.url("/feed"), b"<feed/>")
+
+
+def test_redirect_bodies_are_not_read(server):
+    server.routes["/old"] = lambda h: trickle(
+        h, b"HTTP/1.1 302 Found\r\nLocation: /feed\r\nContent-Length: 999999999\r\n\r\n"
+    )
+    server.routes["/feed"] = lambda h: h.reply(200, b"<feed/>")
+    with Fetcher(LOOPBACK, max_bytes=1024, total_timeout=2) as fetcher:
+        assert fetcher.get(server.url("/old")).content == b"<feed/>"
 
 
 def chain(server: LocalServer, hops: int) -> str:

@@ -178,7 +178,7 @@ class _DeadlineStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
-class GuardedBackend(httpcore.NetworkBackend):
+class _GuardedBackend(httpcore.NetworkBackend):
     """Resolves a host once, refuses it if any address is not public, connects to a checked IP.
 
     Connecting to the address that was checked (not to the name again) defeats DNS
@@ -227,8 +227,8 @@ class GuardedBackend(httpcore.NetworkBackend):
         return addresses
 
 
-def guarded_transport(allowed: Sequence[IPNetwork], limits: httpx.Limits) -> httpx.HTTPTransport:
-    """An httpx transport whose every connection goes through ``GuardedBackend``."""
+def _guarded_transport(allowed: Sequence[IPNetwork], limits: httpx.Limits) -> httpx.HTTPTransport:
+    """An httpx transport whose every connection goes through ``_GuardedBackend``."""
     transport = httpx.HTTPTransport(trust_env=False, limits=limits)
     # httpx 0.28 takes no network backend (encode/httpx#3180), so replace its (still unused)
     # connection pool with one that has ours.
@@ -237,7 +237,7 @@ def guarded_transport(allowed: Sequence[IPNetwork], limits: httpx.Limits) -> htt
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
-        network_backend=GuardedBackend(allowed),
+        network_backend=_GuardedBackend(allowed),
     )
     return transport
 
@@ -322,8 +322,11 @@ def _raise_for_status(response: httpx.Response) -> None:
 
 
 def _tls_problem(exc: BaseException) -> str | None:
+    """What the ssl module said, if ``exc`` came from a TLS handshake (httpx wraps it twice)."""
     cause: BaseException | None = exc
-    while cause is not None:
+    for _depth in range(5):
+        if cause is None:
+            break
         if isinstance(cause, ssl.SSLCertVerificationError):
             return cause.verify_message or str(cause)
         if isinstance(cause, ssl.SSLError):  # reason is like "WRONG_VERSION_NUMBER"
@@ -417,7 +420,7 @@ class Fetcher:
         self._host_slots_lock = threading.Lock()
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
         self._client = httpx.Client(
-            transport=guarded_transport(parse_networks(allow_networks), limits),
+            transport=_guarded_transport(parse_networks(allow_networks), limits),
             headers={"User-Agent": user_agent, "Accept-Encoding": ACCEPT_ENCODING},
             # Feeds must not see each other's cookies through the shared client.
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
@@ -528,7 +531,7 @@ class Fetcher:
     def _result(self, response: httpx.Response, etag: str | None,
                 last_modified: str | None, started: float) -> FetchResult:
         not_modified = response.status_code == 304
-        content = b"" if not_modified else _read_capped(response, self.max_bytes)
+        content = _read_capped(response, self.max_bytes)  # empty for a 304; read to reuse the connection
         return FetchResult(
             url=str(response.url),
             status=response.status_code,
