@@ -192,7 +192,9 @@ def redact_url(url: str) -> str:
 @click.option("--once", is_flag=True, help="Poll every feed once, process everything, exit.")
 @click.option("--concurrency", type=int, default=16, show_default=True,
               help="Worker threads (fetching is network-bound).")
-def run(config: str | None, once: bool, concurrency: int) -> None:
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="With --once: seconds to wait for the new alerts' deliveries.")
+def run(config: str | None, once: bool, concurrency: int, timeout: float) -> None:
     """Run the worker and the scheduler together (or one pass with --once)."""
     settings = _settings(config)
     _setup_logging(settings)
@@ -201,13 +203,24 @@ def run(config: str | None, once: bool, concurrency: int) -> None:
         if once:
             from worker.service import Service
 
-            summary = Service(settings, url).run_once()
+            summary = Service(settings, url).run_once(delivery_timeout=timeout)
             for name, reason in summary["failed"]:
                 click.echo(f"feed {name} failed: {reason}", err=True)
             click.echo(f"polled {summary['feeds']} feeds ({len(summary['failed'])} failed), "
-                       f"{summary['new_items']} new items, {len(summary['alerts'])} alerts")
+                       f"{summary['new_items']} new items, {len(summary['alerts'])} alerts"
+                       + _delivery_summary(summary["deliveries"]))
             return
         sys.exit(_run_celery(settings, url, concurrency))
+
+
+def _delivery_summary(states: dict[str, int]) -> str:
+    """The end of run --once's summary: how the new alerts' deliveries ended."""
+    words = [("delivered", "delivered"), ("dead", "dead"), ("retrying", "still retrying"),
+             ("pending", "still pending"), ("recorded", "recorded (no destination)")]
+    parts = [f"{states[key]} {label}" for key, label in words if states.get(key)]
+    left = states.get("retrying", 0) + states.get("pending", 0)
+    return (": " + ", ".join(parts) if parts else "") + (
+        "; the rest stay in the outbox for the next run" if left else "")
 
 
 def _run_celery(settings: Settings, url: str, concurrency: int) -> int:
@@ -330,10 +343,17 @@ def alerts_list(config: str | None, as_json: bool, watchlist: str | None,
     if as_json:
         click.echo(json.dumps(views, indent=2, ensure_ascii=False))
         return
-    rows = [("CREATED", "WATCHLIST", "STATE", "ENTITIES", "TITLE", "URL", "ID")]
-    rows += [(v["created"][:19], v["watchlist"], v["state"], ", ".join(v["entities"]),
+    rows = [("CREATED", "WATCHLIST", "DELIVERY", "ENTITIES", "TITLE", "URL", "ID")]
+    rows += [(v["created"][:19], v["watchlist"], _delivery_state(v), ", ".join(v["entities"]),
               v["article"]["title"][:60], v["article"]["url"], v["id"]) for v in views]
     _table(rows)
+
+
+def _delivery_state(view: dict[str, Any]) -> str:
+    """pending, delivered, dead, recorded, or "retrying, next 2025-02-06 16:30:05"."""
+    if view["state"] == "retrying" and view.get("next_attempt"):
+        return f"retrying, next {view['next_attempt'][:19].replace('T', ' ')}"
+    return str(view["state"])
 
 
 def alert_view(record: dict[str, Any]) -> dict[str, Any]:
@@ -346,7 +366,128 @@ def alert_view(record: dict[str, Any]) -> dict[str, Any]:
             "matches": record["matches"]}
     if record.get("next_attempt"):
         view["next_attempt"] = datetime.fromtimestamp(record["next_attempt"], UTC).isoformat()
+    view["deliveries"] = {dest: {**d, "next_attempt": _iso(d["next_attempt"])}
+                          for dest, d in record.get("deliveries", {}).items()}
     return view
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat() if ts else None
+
+
+@alerts.command("show")
+@click.option("--config", type=click.Path(), default=None, help="Configuration folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the alert and its attempts as JSON.")
+@click.argument("alert_id")
+def alerts_show(config: str | None, as_json: bool, alert_id: str) -> None:
+    """One alert: its article, each destination's delivery state and every attempt."""
+    from worker.store import Store
+
+    settings = _settings(config)
+    with _redis(settings) as url:
+        record = Store.from_url(url).alert(alert_id)
+    if record is None:
+        raise click.ClickException(f"no alert {alert_id}")
+    view = {**alert_view(record), "attempts": [
+        {**a, "at": _iso(a["at"]), "next": _iso(a.get("next"))} for a in record["attempts"]]}
+    if as_json:
+        click.echo(json.dumps(view, indent=2, ensure_ascii=False))
+        return
+    art = view["article"]
+    click.echo(f"alert      {view['id']}\nwatchlist  {view['watchlist']}  "
+               f"(entities: {', '.join(view['entities'])})\ncreated    {view['created']}\n"
+               f"article    {art['title']}\n           {art['url']}\n"
+               f"delivery   {_delivery_state(view)}")
+    if view["deliveries"]:
+        click.echo("")
+        rows = [("DESTINATION", "STATE", "ATTEMPTS", "NEXT", "REASON")]
+        rows += [(dest, d["state"], str(d["attempts"]), (d["next_attempt"] or "-")[:19],
+                  d["reason"] or "") for dest, d in view["deliveries"].items()]
+        _table(rows)
+    if view["attempts"]:
+        click.echo("")
+        rows = [("TIME", "DESTINATION", "#", "HTTP", "LATENCY", "OUTCOME", "ERROR")]
+        rows += [((a["at"] or "")[:23], a["dest"], str(a["attempt"] or "-"),
+                  str(a["status"] or "-"), f"{a['latency_ms']:.0f} ms", a["outcome"],
+                  a["error"] or "") for a in view["attempts"]]
+        _table(rows)
+
+
+@alerts.command("replay")
+@click.option("--config", type=click.Path(), default=None, help="Configuration folder.")
+@click.option("--dead", is_flag=True, help="Every dead-lettered alert.")
+@click.argument("alert_ids", nargs=-1)
+def alerts_replay(config: str | None, dead: bool, alert_ids: tuple[str, ...]) -> None:
+    """Send dead-lettered alerts again (same webhook-id), from the first retry on."""
+    from worker.service import Service
+
+    if bool(alert_ids) == dead:
+        raise click.UsageError("give alert ids or --dead (not both)")
+    settings = _settings(config)
+    with _redis(settings) as url:
+        service = Service(settings, url)
+        queued = service.replay_dead() if dead else service.replay(list(alert_ids))
+    missing = [aid for aid, n in queued.items() if n < 0]
+    for aid, n in queued.items():
+        if n > 0:
+            click.echo(f"{aid}: {n} destination{'s' if n > 1 else ''} queued")
+        elif n == 0:
+            click.echo(f"{aid}: nothing dead to send again")
+    for aid in missing:
+        click.echo(f"{aid}: no such alert", err=True)
+    if not queued:
+        click.echo("no dead-lettered alerts")
+    sys.exit(1 if missing else 0)
+
+
+@main.group()
+def webhook() -> None:
+    """Webhooks in the configuration."""
+
+
+@webhook.command("test")
+@click.option("--config", type=click.Path(), default=None, help="Configuration folder.")
+@click.argument("name")
+def webhook_test(config: str | None, name: str) -> None:
+    """Send a signed ping event to a webhook and print its answer."""
+    from worker.service import Service
+
+    settings = _settings(config)
+    if name not in _load(settings).webhooks:
+        raise click.ClickException(f"no webhook named {name!r} in {settings.config_dir}")
+    service = Service(settings, "redis://unused")  # a ping touches no Redis state
+    answer = service.test_webhook(name)
+    took = f"{answer.latency * 1000:.0f} ms"
+    if answer.error is not None:
+        click.echo(f"webhook {name}: failed after {took}: {answer.error.reason}")
+        sys.exit(1)
+    click.echo(f"webhook {name}: HTTP {answer.status} in {took}")
+    if answer.response:
+        click.echo(answer.response)
+    sys.exit(0 if answer.status is not None and 200 <= answer.status < 300 else 1)
+
+
+@webhook.command("list")
+@click.option("--config", type=click.Path(), default=None, help="Configuration folder.")
+def webhook_list(config: str | None) -> None:
+    """Webhooks, the watchlists that use them, and whether a 410 Gone disabled them."""
+    from worker.deliver import DEFAULT_SCHEDULE, webhook_digest
+    from worker.store import Store
+
+    settings = _settings(config)
+    cfg = _load(settings)
+    with _redis(settings) as url:
+        store = Store.from_url(url)
+        disabled = {name: store.webhook_disabled(webhook_digest(hook))
+                    for name, hook in cfg.webhooks.items()}
+    rows = [("WEBHOOK", "STATE", "WATCHLISTS", "SECRETS", "RETRY")]
+    for name, hook in cfg.webhooks.items():
+        off = disabled[name]
+        state = f"disabled since {off['at'][:19]} ({off['reason']})" if off else "enabled"
+        users = ", ".join(w.name for w in cfg.watchlists if w.webhook == name) or "-"
+        retry = " ".join(f"{s:g}s" for s in (hook.retry or DEFAULT_SCHEDULE))
+        rows.append((name, state, users, str(len(hook.secret)), retry))
+    _table(rows)
 
 
 @main.command()
