@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from worker import __version__, embedded
-from worker.config import Config, FeedConfig, feed_name_from_url, load_config
+from worker.config import Config, FeedConfig, load_config
 from worker.errors import ConfigError, DumpFormatError, FetchError, NotAFeedError
 from worker.settings import Settings
 
@@ -96,9 +96,7 @@ def normalize(sources: tuple[str, ...], out_dir: str, full_text: str | None,
     next_seq = local_sequence(Path(out_dir))
     failed = False
     for source in sources:
-        feed = configured.get(source) or FeedConfig(
-            url=source if source.startswith(("http://", "https://")) else "file://" + source,
-            name=feed_name_from_url(source) if "://" in source else Path(source).stem)
+        feed = configured.get(source) or _feed_for(source)
         if full_text:
             feed = feed.model_copy(update={"full_text": full_text})
         try:
@@ -122,6 +120,16 @@ def normalize(sources: tuple[str, ...], out_dir: str, full_text: str | None,
             click.echo(str(write_dump(Path(out_dir), article, next_seq)))
     fetcher.close()
     sys.exit(1 if failed else 0)
+
+
+def _feed_for(source: str) -> FeedConfig:
+    """Settings for a source given on the command line; a file's URL is its absolute path."""
+    if source.startswith(("http://", "https://")):
+        return FeedConfig(url=source)
+    path = Path(source).resolve()
+    # A file:// URL is valid for offline use only; model_construct skips the http(s) check.
+    return FeedConfig.model_construct(url=path.as_uri(), name=path.stem, every=300.0,
+                                      timezone=None, full_text="auto")
 
 
 @main.command()
