@@ -143,21 +143,34 @@ class Service:
         until none of ``alert_ids`` is pending or retrying, or ``timeout`` seconds pass; then
         let the attempts in flight finish. Returns how many of them ended in each state."""
         deadline = time.monotonic() + timeout
+        waiting, checked = set(alert_ids), 0.0
         running: set[Future[DeliveryResult]] = set()
         with ThreadPoolExecutor(max_workers=workers) as pool:
             while True:
                 if len(running) < workers:  # claim no more than there are threads to send
                     claims = self.claim_deliveries(time.time(), limit=workers - len(running))
                     running |= {pool.submit(self.deliver, claim) for claim in claims}
-                states = self.store.delivery_states(alert_ids)
+                if not running or time.monotonic() - checked > 0.1:
+                    waiting, checked = self._unfinished(waiting), time.monotonic()
                 left = deadline - time.monotonic()
-                if left <= 0 or not any(s in ("pending", "retrying") for s in states.values()):
+                if left <= 0 or not waiting:
                     break
                 due = self.store.outbox_next() or time.time() + 1.0
                 running = self._wait_for_any(running, min(max(due - time.time(), 0.01), left, 0.5))
             self._wait_for_any(running, None)
         return dict(Counter(s or "missing" for s in self.store.delivery_states(alert_ids)
                             .values()))
+
+    def _unfinished(self, alert_ids: set[str], chunk: int = 100) -> set[str]:
+        """Some of these alerts still pending or retrying, if any is: checked in chunks, up to
+        the first chunk that has one (the rest are kept unchecked for the next call)."""
+        ids = list(alert_ids)
+        for start in range(0, len(ids), chunk):
+            states = self.store.delivery_states(ids[start:start + chunk])
+            left = {a for a, s in states.items() if s in ("pending", "retrying")}
+            if left:
+                return left | set(ids[start + chunk:])
+        return set()
 
     @staticmethod
     def _wait_for_any(running: set[Future[DeliveryResult]],

@@ -1,0 +1,151 @@
+"""``newsmon bench --only deliver``: webhook deliveries per second to a local receiver that
+answers 204, and the latency they add from alert record to receipt (median, p99).
+
+Both run the code the deliver task runs (claim, begin, sign, POST, record) in one process with
+a thread pool, against Redis; the receiver runs in its own process. The Celery hop between the
+process task and the deliver task is not included.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def _receive(port_queue: Any) -> None:
+    """A keep-alive receiver (own process): 204 to every POST, remembering when each
+    webhook-id arrived; GET /received returns them."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: dict[str, float] = {}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with lock:
+                received.setdefault(self.headers["webhook-id"], time.time())
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            with lock:
+                body = json.dumps(received).encode()
+                received.clear()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.request_queue_size = 256
+    port_queue.put(server.server_address[1])
+    server.serve_forever()
+
+
+def _alert_record(n: int) -> tuple[str, dict[str, Any]]:
+    """A realistic alert record (a ~4 KB article dump), as the pipeline stores it."""
+    import random
+    from datetime import UTC, datetime
+
+    from worker.bench import _paragraphs
+    from worker.dump import dump_of, render_dump
+    from worker.models import Article, Match, WatchlistHit
+    from worker.pipeline import alert_json
+
+    paragraphs = tuple(_paragraphs(random.Random(n), 4000))
+    article = Article(id=f"{n:016x}", canonical_url=f"https://news.example/{n}",
+                      url=f"https://news.example/{n}", guid=None, title=f"Japan LNG story {n}",
+                      author="Reporter", source="Bench Wire", published=datetime.now(UTC),
+                      paragraphs=paragraphs, feed="https://news.example/rss")
+    hit = WatchlistHit("energy", ("LNG",), (Match("LNG", "LNG", "title", 6, 9, article.title),))
+    return article.id, alert_json(hit, article, article.id, render_dump(dump_of(article)),
+                                  time.time())
+
+
+def _fetch_received(port: int) -> dict[str, float]:
+    import httpx
+
+    return dict(httpx.get(f"http://127.0.0.1:{port}/received", timeout=30).json())
+
+
+def bench_deliver(quick: bool) -> None:
+    import yaml
+
+    from worker.bench import _redis
+    from worker.service import Service
+    from worker.settings import Settings
+
+    n = 500 if quick else 3000
+    ctx = multiprocessing.get_context("spawn")
+    ports = ctx.Queue()
+    receiver = ctx.Process(target=_receive, args=(ports,), daemon=True)
+    receiver.start()
+    port = ports.get(timeout=30)
+    with _redis() as url, tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "config"
+        folder.mkdir()
+        (folder / "config.yaml").write_text(yaml.safe_dump({
+            "webhooks": {"bench": {"url": f"http://127.0.0.1:{port}/hook", "secret": SECRET}},
+            "watchlists": [{"name": "energy", "webhook": "bench", "entities": ["LNG"]}]}))
+        settings = Settings.from_env({"NEWSMON_CONFIG": str(folder),
+                                      "NEWSMON_ALLOW_NETWORKS": "127.0.0.0/8"})
+        service = Service(settings, url)
+        records = [_alert_record(i) for i in range(2 * n)]
+        _throughput(service, records[:n], port)
+        _latency(service, records[n:], port)
+        service.sender.close()
+        service.store.r.flushdb()
+    receiver.kill()
+
+
+def _throughput(service: Any, records: list[tuple[str, dict[str, Any]]], port: int) -> None:
+    """A backlog of alerts drained by 16 threads (as many as ``newsmon run`` has)."""
+    ids = [service.store.claim_alert(story, "energy", rec["id"], rec, time.time())[0]
+           for story, rec in records]
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    states = service.deliver_until_done(ids, timeout=300, workers=16)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    got = _fetch_received(port)
+    print(f"deliver {len(ids):,} queued alerts to one webhook answering 204, 16 threads")
+    print(f"        {len(ids) / wall:,.0f} deliveries/s  ({cpu / len(ids) * 1000:.2f} ms CPU "
+          f"each in this process)  delivered {states.get('delivered', 0):,}  "
+          f"received {len(got):,}")
+
+
+def _latency(service: Any, records: list[tuple[str, dict[str, Any]]], port: int) -> None:
+    """Alerts arriving at 100 per second, each sent at once as the process task does."""
+    created: dict[str, float] = {}
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for story, rec in records:
+            at = time.time()
+            alert_id, _ = service.store.claim_alert(story, "energy", rec["id"], rec, at)
+            created[alert_id] = at
+            for claim in service.claim_deliveries(time.time(), [alert_id]):
+                pool.submit(service.deliver, claim)
+            time.sleep(max(0.0, at + 0.01 - time.time()))
+    got = _fetch_received(port)
+    added = sorted((got[a] - t) * 1000 for a, t in created.items() if a in got)
+    if not added:
+        print("        latency: nothing was received")
+        return
+    p99 = added[min(len(added) - 1, int(len(added) * 0.99))]
+    print(f"        alert record to receipt, alerts at 100/s: median "
+          f"{statistics.median(added):.1f} ms  p99 {p99:.1f} ms  (received {len(added):,} of "
+          f"{len(created):,}; the Celery hop of a deployment adds a few ms)")
