@@ -292,8 +292,9 @@ class MemoryStoryIndex:
 
     def _find_similar(self, keys: StoryKeys, now: float) -> str | None:
         shared = Counter(chain.from_iterable(self._bands.get(band, ()) for band in keys.bands))
-        live = (c for c in shared if self._live(self._stories[c].seen, now))
-        candidates = heapq.nsmallest(MAX_CANDIDATES, live, key=lambda c: (-shared[c], c))
+        shortlist = heapq.nsmallest(MAX_CANDIDATES, shared, key=lambda c: (-shared[c], c))
+        # _forget has dropped the stories that expired before now, unless the clock went back.
+        candidates = [c for c in shortlist if self._live(self._stories[c].seen, now)]
         if not candidates:
             return None
         # max() keeps the first of equals, so a tie goes to the smallest story id.
