@@ -69,6 +69,17 @@ def test_combining_marks_continue_a_word() -> None:
     assert matched("भारत में", "भारत") == ["भारत"]
 
 
+
+def test_a_term_inside_a_longer_word_does_not_hide_a_longer_term() -> None:
+    # "korea" ends inside "Korean" before "Korean Air" ends: a non-overlapping search would
+    # report the former, drop it as part of a word, and never see the latter.
+    assert matched("Korean Air flew to Korea.", "Korea", "Korean Air") == ["Korean Air", "Korea"]
+
+
+def test_terms_sharing_words_are_all_found_across_spaceless_text() -> None:
+    assert matched("東京都庁と東京", "東京", "東京都") == ["東京", "東京都", "東京"]
+
+
 # Case
 
 def test_matching_ignores_case_by_casefolding() -> None:
@@ -160,6 +171,11 @@ def test_offsets_after_a_character_that_casefolds_to_two() -> None:
     found = hits(["Japan", "İstanbul"], body=body)
     assert [body[m.start:m.end] for m in found[0].matches] == ["İSTANBUL", "Japan"]
 
+
+
+def test_a_lone_surrogate_in_the_text_does_not_stop_matching() -> None:
+    body = "\ud800 Japan"    # a JSON feed can escape half a surrogate pair
+    assert [(m.start, m.end) for m in hits(["Japan"], body=body)[0].matches] == [(2, 7)]
 
 def test_snippet_is_the_sentence_around_the_match() -> None:
     body = ("Oil rose 3.5% on Monday. Officials in the U.S. said Japan would buy more, "

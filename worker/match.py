@@ -5,10 +5,10 @@ Pure: no Redis, Celery or network. ``compile_watchlists`` once per configuration
 
 Terms and texts are normalized the same way before matching: typographic apostrophes, quotes
 and dashes become their ASCII forms, every run of whitespace becomes one space, and everything
-is casefolded. The automaton searches the casefolded text; a case-sensitive term (an acronym
-such as "US", or any term of an entity with ``case_sensitive: true``) is then confirmed against
-the unfolded text. Offsets are mapped back through each rewrite, so every ``Match`` indexes the
-original title or body.
+is casefolded. The automaton (ahocorasick-rs) searches the casefolded text; a case-sensitive
+term (an acronym such as "US", or any term of an entity with ``case_sensitive: true``) is then
+confirmed against the unfolded text. Offsets are mapped back through each rewrite, so every
+``Match`` indexes the original title or body. See docs/matching.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import NamedTuple
 
-import ahocorasick
+import ahocorasick_rs
 
 from worker.config import EntityConfig, WatchlistConfig
 from worker.models import Article, Match, WatchlistHit
@@ -41,6 +41,7 @@ _TYPOGRAPHIC = (
 _TYPOGRAPHIC_ASCII = [(variant, plain) for variant, plain in _TYPOGRAPHIC if variant.isascii()]
 _SPACE_RUN = re.compile("  +")
 _NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # A sentence ends at . ! ? followed by whitespace, at 。！？, or at a line break. (One character
 # class: the re module scans for it several times faster than for an alternation.)
 _SENTENCE_END = re.compile("[.!?\u3002\uff01\uff1f\n\r\u2028\u2029]")
@@ -154,42 +155,14 @@ def _casefold(text: str) -> tuple[str, _OffsetLayer | None]:
     return _map_typographic(folded), _OffsetLayer(tuple(starts), tuple(origins))
 
 
-def _utf8_letters(text: str) -> str:
-    """The UTF-8 bytes of ``text`` as a string of code points below 256: the automaton's alphabet.
-
-    pyahocorasick finds a node's child by a linear scan, so terms in scripts with thousands of
-    letters slow down every character searched: 100,000 kanji terms cost 30 ms on a 5 KB
-    English article. Over bytes a node has at most 256 children (18 µs for the same search).
-    """
-    if text.isascii():
-        return text
-    return text.encode("utf-8", "surrogatepass").decode("latin-1")
-
-
-class _Utf8Offsets:
-    """Character offsets of UTF-8 byte offsets, asked for in increasing order."""
-
-    def __init__(self, text: str):
-        self._data = text.encode("utf-8", "surrogatepass")
-        self._byte = self._char = 0
-
-    def char_offset(self, byte: int) -> int:
-        if byte < self._byte:
-            self._byte = self._char = 0
-        self._char += len(self._data[self._byte:byte].decode("utf-8", "surrogatepass"))
-        self._byte = byte
-        return self._char
-
-
 @dataclass(frozen=True)
 class _Haystack:
-    """One field in all its forms: ``search`` is searched, ``folded`` locates what is found and
-    ``exact`` confirms case-sensitive terms."""
+    """One field in both its forms: ``folded`` is searched and ``exact`` confirms
+    case-sensitive terms."""
 
     exact: str                      # typographic characters mapped, whitespace collapsed
     folded: _Normalized             # ``exact`` casefolded, mapped back to the original
     fold: _OffsetLayer | None       # positions in ``folded.text`` to positions in ``exact``
-    search: str                     # ``folded.text`` as UTF-8 letters (see _utf8_letters)
 
     def has_exact(self, start: int, stop: int, term: str) -> bool:
         if self.fold is not None:
@@ -201,7 +174,7 @@ def _haystack(text: str) -> _Haystack:
     collapsed = _collapse(text)
     folded, fold = _casefold(collapsed.text)
     layers = collapsed.layers if fold is None else (fold, *collapsed.layers)
-    return _Haystack(collapsed.text, _Normalized(folded, layers), fold, _utf8_letters(folded))
+    return _Haystack(collapsed.text, _Normalized(folded, layers), fold)
 
 
 def is_acronym(term: str) -> bool:
@@ -245,6 +218,32 @@ class _Watchlist:
     require_all: bool
 
 
+class _Key(NamedTuple):
+    """What a pattern of the automaton (a normalized, casefolded term) stands for."""
+
+    free_start: bool                # begins in a spaceless script: may follow a letter
+    free_end: bool                  # ends in one: may precede a letter
+    targets: tuple[_Target, ...]
+
+
+@dataclass(frozen=True)
+class _Automaton:
+    """The automaton and, by pattern index, what each pattern stands for."""
+
+    search: ahocorasick_rs.AhoCorasick
+    keys: tuple[_Key, ...]
+
+    def find(self, text: str) -> list[tuple[int, int, int]]:
+        """(pattern index, start, stop) of every occurrence, overlapping ones too."""
+        try:
+            return self.search.find_matches_as_indexes(text, overlapping=True)
+        except UnicodeEncodeError:
+            # A lone surrogate (a JSON feed can escape one) has no UTF-8 form for the Rust side;
+            # U+FFFD keeps the length, so offsets stay right.
+            return self.search.find_matches_as_indexes(_SURROGATE.sub("\ufffd", text),
+                                                       overlapping=True)
+
+
 class _AutomatonBuilder:
     """Collects every term keyed by its casefolded normal form, then builds one automaton.
 
@@ -263,21 +262,21 @@ class _AutomatonBuilder:
         target = _Target(watchlist, entity, term, exact if case_sensitive else None)
         self.targets.setdefault(key, []).append(target)
 
-    def build(self) -> ahocorasick.Automaton | None:
+    def build(self) -> _Automaton | None:
         if not self.targets:
-            return None    # pyahocorasick refuses to search an automaton without keys
-        automaton = ahocorasick.Automaton()
-        for key, targets in self.targets.items():
-            automaton.add_word(_utf8_letters(key), (len(key), _in_spaceless_script(key[0]),
-                                                    _in_spaceless_script(key[-1]), tuple(targets)))
-        automaton.make_automaton()
-        return automaton
+            return None
+        keys = tuple(_Key(_in_spaceless_script(key[0]), _in_spaceless_script(key[-1]),
+                          tuple(targets)) for key, targets in self.targets.items())
+        # Overlapping search needs the standard match kind (the default); ahocorasick-rs picks
+        # the automaton: a DFA for a few terms, a contiguous NFA for many.
+        # (The configuration rejects lone surrogates, so every term has a UTF-8 form.)
+        return _Automaton(ahocorasick_rs.AhoCorasick(list(self.targets)), keys)
 
 
 class Matcher:
     """Every term of every watchlist in one automaton; build it with compile_watchlists."""
 
-    def __init__(self, watchlists: Sequence[_Watchlist], automaton: ahocorasick.Automaton | None,
+    def __init__(self, watchlists: Sequence[_Watchlist], automaton: _Automaton | None,
                  term_count: int):
         self._watchlists = tuple(watchlists)
         self._automaton = automaton
@@ -311,17 +310,14 @@ class Matcher:
         return hits
 
 
-def _whole_words(automaton: ahocorasick.Automaton,
-                 haystack: _Haystack) -> Iterator[tuple[_Target, int, int]]:
+def _whole_words(automaton: _Automaton, haystack: _Haystack) -> Iterator[tuple[_Target, int, int]]:
     """Whole-word occurrences in ``haystack.folded``, once for each target they stand for."""
     text = haystack.folded.text
     size = len(text)
-    offsets = None if text.isascii() else _Utf8Offsets(text)    # ASCII: bytes are characters
-    # iter() yields (index of the last letter, value) for every match, overlapping ones too,
-    # in increasing order of that index.
-    for last, (length, free_start, free_end, targets) in automaton.iter(haystack.search):
-        stop = last + 1 if offsets is None else offsets.char_offset(last + 1)
-        start = stop - length
+    # Overlapping occurrences, so that "korea" inside "Korean Air" does not hide the term
+    # "Korean Air"; the rules below keep the whole words.
+    for index, start, stop in automaton.find(text):
+        free_start, free_end, targets = automaton.keys[index]
         if not free_start and start > 0 and _continues_word(text[start - 1]):
             continue
         if not free_end and stop < size and _continues_word(text[stop]):
