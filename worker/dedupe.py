@@ -219,7 +219,7 @@ def exact_keys(keys: StoryKeys) -> tuple[str, ...]:
 # --- The story index ---------------------------------------------------------------------------
 
 RETENTION_SECONDS = 30 * 24 * 3600
-# A copy at the threshold shares ~4 of 32 bands with its story, an unrelated text at most one;
+# A copy at the threshold shares ~4 of 32 bands with its story, a look-alike story mostly one:
 # comparing only the best-sharing candidates bounds the work when many stories look alike.
 MAX_CANDIDATES = 8
 
