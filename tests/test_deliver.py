@@ -213,6 +213,14 @@ def test_url_credentials_are_redacted():
     assert "slackTokenA" not in redact("to slackTokenA", url_secrets("slack://slackTokenA/b/c"))
 
 
+def test_plain_words_in_a_url_path_are_not_taken_for_tokens():
+    secrets = url_secrets("https://hooks.example/services/newsmon/T0KEN1abc")
+    assert "T0KEN1abc" in secrets
+    assert "services" not in secrets and "newsmon" not in secrets
+    reason = "HTTP 410 Gone: webhook disabled until its configuration changes"
+    assert redact(reason, url_secrets("https://h.example/webhook/newsmon")) == reason
+
+
 def test_the_notification_text_is_short_and_readable():
     title, body = notification_text(record())
     assert title == "[energy] Japan LNG imports rise"

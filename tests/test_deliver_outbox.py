@@ -138,7 +138,9 @@ def test_410_disables_the_webhook_until_its_configuration_changes(
     http_server.routes["/hook"] = (204, {}, b"")
     write_config(tmp_path / "config", {"ops": hook(http_server.url("/hook"), SECRET_2)},
                  [{"name": "energy", "webhook": "ops"}])
-    time.sleep(0.05)  # a new mtime for the configuration watcher
+    # Read the new configuration before the threads do: ConfigWatcher records a change before
+    # it has loaded it, so a second thread may meanwhile still get the old configuration.
+    assert service.config().webhooks["ops"].secret[0].get_secret_value() == SECRET_2
     assert service.replay_dead() == {first: 1, second: 1}
     assert service.deliver_until_done([first, second], timeout=10) == {"delivered": 2}
     assert {verified(r, SECRET_2)["data"]["id"] for r in posts(http_server, "/hook")[1:]} == \
@@ -338,7 +340,7 @@ def test_an_alert_without_destinations_is_recorded_and_leaves_the_outbox(
     # A webhook added later: a replay finds the destinations anew.
     write_config(tmp_path / "config", {"ops": hook(http_server.url("/hook"))},
                  [{"name": "quiet", "webhook": "ops"}])
-    time.sleep(0.05)
+    assert service.config().watchlists[0].webhook == "ops"
     assert service.replay([alert_id]) == {alert_id: 1}
     assert service.deliver_until_done([alert_id], timeout=10) == {"delivered": 1}
     assert verified(posts(http_server, "/hook")[0])["data"]["id"] == alert_id

@@ -84,13 +84,17 @@ def webhook_digest(hook: WebhookConfig) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:24]
 
 
+_PLAIN_WORD = re.compile(r"[a-z][a-z.-]{0,18}")  # "hooks", "services", "newsmon": no token
+
+
 def url_secrets(url: str) -> list[str]:
-    """The parts of a URL that may be credentials: userinfo, path segments, query, fragment
-    (and, for Apprise URLs whose "host" is often a token, the host)."""
+    """The parts of a URL that may be credentials: userinfo, path segments that look like
+    tokens (not plain lowercase words), query, fragment (and, for Apprise URLs whose "host" is
+    often a token, the host)."""
     parts = urlsplit(url)
     found = [url, parts.netloc.rpartition("@")[0], parts.username or "", parts.password or "",
              parts.query, parts.fragment]
-    found += [seg for seg in parts.path.split("/") if len(seg) >= 4]
+    found += [seg for seg in parts.path.split("/") if not _PLAIN_WORD.fullmatch(seg)]
     found += [value for _, _, value in (q.partition("=") for q in parts.query.split("&"))]
     if parts.scheme.lower() not in GUARDED_SCHEMES | {"http", "https"}:
         found.append(parts.netloc.rpartition("@")[2].partition(":")[0])  # as written, not lowered
@@ -358,6 +362,8 @@ def send_notification(url: str, title: str, body: str, allowed: Sequence[IPNetwo
     if not notifier.add(url):
         return Attempt(None, PermanentDeliveryError(f"not a usable Apprise URL ({scheme}://)"),
                        None, 0.0)
+    # LogCapture listens on apprise's global logger: with notifications in flight on several
+    # threads a reason may come from a neighbour's failure (scrubbed of every known secret).
     with apprise.LogCapture(level=logging.WARNING) as captured:
         ok = notifier.notify(title=title, body=body)
         said = captured.getvalue().strip().splitlines()
@@ -436,7 +442,7 @@ def deliver_claim(claim: DeliveryClaim, store: Store, fetcher: Fetcher, config: 
     start = store.start_delivery(claim, now, run_lease=RUN_LEASE, slots=DEST_SLOTS,
                                  busy_wait=BUSY_WAIT, keep_lease=requeue_busy,
                                  max_lost=MAX_LOST, queue_lease=QUEUE_LEASE)
-    if start.verdict != "go" and start.verdict != "lost":
+    if start.verdict not in ("go", "lost"):
         return DeliveryResult(start.verdict, start.wait)
     alert_id, _, label = claim.member.partition("|")
     if start.verdict == "lost":
