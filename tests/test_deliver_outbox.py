@@ -244,7 +244,7 @@ def test_a_claim_whose_worker_died_is_handed_out_again_after_the_lease(
     now = time.time()
     dead_worker, = service.claim_deliveries(now, [alert_id])
     start = service.store.start_delivery(dead_worker, now, run_lease=RUN_LEASE, slots=4,
-                                         busy_wait=0.2, keep_lease=False, max_lost=MAX_LOST,
+                                         busy_wait=0.2, max_lost=MAX_LOST,
                                          queue_lease=QUEUE_LEASE)
     assert start.verdict == "go"  # ... and the worker is killed before it records anything
     assert service.claim_deliveries(now + RUN_LEASE - 1) == []
@@ -267,7 +267,7 @@ def test_a_member_whose_attempts_never_finish_is_dead_lettered(tmp_path, redis_u
     claim, = service.claim_deliveries(now, [alert_id])
     for _ in range(MAX_LOST):  # each worker dies once its attempt has begun
         start = service.store.start_delivery(claim, now, run_lease=RUN_LEASE, slots=4,
-                                             busy_wait=0.2, keep_lease=False, max_lost=MAX_LOST,
+                                             busy_wait=0.2, max_lost=MAX_LOST,
                                              queue_lease=QUEUE_LEASE)
         assert start.verdict == "go"
         now += RUN_LEASE + 1

@@ -42,7 +42,7 @@ from worker.errors import (
     TransientFetchError,
 )
 from worker.fetch import Fetcher, IPNetwork, address_refusal
-from worker.store import DeliveryClaim, Store
+from worker.store import DeliveryClaim, DeliveryStart, Store
 
 log = logging.getLogger("newsmon.deliver")
 
@@ -55,7 +55,9 @@ REQUEST_TIMEOUT = 15.0       # the whole exchange, response body included
 RUN_LEASE = 30.0             # longer than a request: an attempt that never reports is due again
 QUEUE_LEASE = 300.0          # a claimed member waiting in the deliver queue is handed out again
 DEST_SLOTS = 4               # attempts in flight to one destination at once, over all workers
-BUSY_WAIT = 0.2              # the least wait before a destination with no free slot is retried
+BUSY_WAIT = 0.01             # the least wait before a destination with no free slot is retried:
+BUSY_SPIN = 0.05             # as long as the attempts in flight are this young, wait in-thread
+BUSY_SPINS = 10              # ... this many times, before giving the thread back
 MAX_LOST = 3                 # attempts that began and never reported before a member is dead
 RESPONSE_PREFIX = 200        # characters of a receiver's answer kept in the attempt log
 
@@ -430,18 +432,17 @@ class DeliveryResult:
 
 
 def deliver_claim(claim: DeliveryClaim, store: Store, fetcher: Fetcher, config: Config, *,
-                  allowed: Sequence[IPNetwork] = (), requeue_busy: bool = False,
+                  allowed: Sequence[IPNetwork] = (),
                   clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                   timeouts: tuple[float, float] = (CONNECT_TIMEOUT, REQUEST_TIMEOUT),
                   ) -> DeliveryResult:
     """One delivery attempt of a claimed outbox member, recorded on its alert.
 
-    ``requeue_busy``: when the destination has no free slot, keep the claim (the caller sends
-    the task again after ``wait``) instead of putting the member back in the outbox."""
+    When the destination's slots are all taken by quick attempts, wait here for one (a few
+    tens of milliseconds); when they are taken by slow ones, return "busy": the claim is still
+    the caller's, who asks again after ``wait``."""
+    start = _begin(claim, store, clock)
     now = clock()
-    start = store.start_delivery(claim, now, run_lease=RUN_LEASE, slots=DEST_SLOTS,
-                                 busy_wait=BUSY_WAIT, keep_lease=requeue_busy,
-                                 max_lost=MAX_LOST, queue_lease=QUEUE_LEASE)
     if start.verdict not in ("go", "lost"):
         return DeliveryResult(start.verdict, start.wait)
     alert_id, _, label = claim.member.partition("|")
@@ -461,6 +462,17 @@ def deliver_claim(claim: DeliveryClaim, store: Store, fetcher: Fetcher, config: 
     attempt = send(dest, start.alert, start.copies, now, fetcher, allowed, timeouts)
     return _record(store, claim, dest, attempt, start.attempts + 1, clock(),
                    rng or random.Random())
+
+
+def _begin(claim: DeliveryClaim, store: Store, clock: Callable[[], float]) -> DeliveryStart:
+    for _ in range(BUSY_SPINS):
+        start = store.start_delivery(claim, clock(), run_lease=RUN_LEASE, slots=DEST_SLOTS,
+                                     busy_wait=BUSY_WAIT, max_lost=MAX_LOST,
+                                     queue_lease=QUEUE_LEASE)
+        if start.verdict != "busy" or start.wait > BUSY_SPIN:
+            return start
+        time.sleep(start.wait)
+    return start
 
 
 def send(dest: Destination, alert: dict[str, Any], copies: int, now: float, fetcher: Fetcher,

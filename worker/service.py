@@ -132,10 +132,10 @@ class Service:
                                              now, QUEUE_LEASE)
         return ready
 
-    def deliver(self, claim: DeliveryClaim, requeue_busy: bool = False) -> DeliveryResult:
-        """One attempt of a claimed member, recorded on its alert."""
-        return deliver_claim(claim, self.store, self.sender, self.config(), allowed=self.allowed,
-                             requeue_busy=requeue_busy)
+    def deliver(self, claim: DeliveryClaim) -> DeliveryResult:
+        """One attempt of a claimed member, recorded on its alert ("busy": ask again after
+        ``wait`` seconds, the claim is still ours)."""
+        return deliver_claim(claim, self.store, self.sender, self.config(), allowed=self.allowed)
 
     def deliver_until_done(self, alert_ids: list[str], timeout: float,
                            workers: int = 16) -> dict[str, int]:
@@ -144,19 +144,23 @@ class Service:
         let the attempts in flight finish. Returns how many of them ended in each state."""
         deadline = time.monotonic() + timeout
         waiting, checked = set(alert_ids), 0.0
-        running: set[Future[DeliveryResult]] = set()
+        running: dict[Future[DeliveryResult], DeliveryClaim] = {}
+        busy: list[tuple[float, DeliveryClaim]] = []  # claims to try again at a time
         with ThreadPoolExecutor(max_workers=workers) as pool:
             while True:
-                if len(running) < workers:  # claim no more than there are threads to send
-                    claims = self.claim_deliveries(time.time(), limit=workers - len(running))
-                    running |= {pool.submit(self.deliver, claim) for claim in claims}
+                now = time.time()
+                claims = [claim for when, claim in busy if when <= now]
+                busy = [(when, claim) for when, claim in busy if when > now]
+                if len(running) + len(claims) < workers:  # no more than there are threads
+                    claims += self.claim_deliveries(now, limit=workers - len(running) - len(claims))
+                running |= {pool.submit(self.deliver, claim): claim for claim in claims}
                 if not running or time.monotonic() - checked > 0.1:
                     waiting, checked = self._unfinished(waiting), time.monotonic()
                 left = deadline - time.monotonic()
                 if left <= 0 or not waiting:
                     break
-                due = self.store.outbox_next() or time.time() + 1.0
-                running = self._wait_for_any(running, min(max(due - time.time(), 0.01), left, 0.5))
+                due = min([self.store.outbox_next() or now + 1.0, *(when for when, _ in busy)])
+                busy += self._wait_for_any(running, min(max(due - time.time(), 0.01), left, 0.5))
             self._wait_for_any(running, None)
         return dict(Counter(s or "missing" for s in self.store.delivery_states(alert_ids)
                             .values()))
@@ -173,18 +177,23 @@ class Service:
         return set()
 
     @staticmethod
-    def _wait_for_any(running: set[Future[DeliveryResult]],
-                      timeout: float | None) -> set[Future[DeliveryResult]]:
-        """Wait until one attempt finishes or ``timeout`` passes (None: until all finish)."""
+    def _wait_for_any(running: dict[Future[DeliveryResult], DeliveryClaim],
+                      timeout: float | None) -> list[tuple[float, DeliveryClaim]]:
+        """Wait until an attempt finishes or ``timeout`` passes (None: until all finish); the
+        finished ones leave ``running``. Returns the claims to try again later (busy)."""
         if not running:
             time.sleep(timeout or 0)
-            return running
-        done, left = wait(running, timeout=timeout,
-                          return_when=ALL_COMPLETED if timeout is None else FIRST_COMPLETED)
+            return []
+        done, _ = wait(running, timeout=timeout,
+                       return_when=ALL_COMPLETED if timeout is None else FIRST_COMPLETED)
+        again = []
         for future in done:
+            claim = running.pop(future)
             if future.exception():  # the member's lease runs out and it is tried again
                 log.error("delivery failed unexpectedly", exc_info=future.exception())
-        return left
+            elif future.result().outcome == "busy":
+                again.append((time.time() + future.result().wait, claim))
+        return again
 
     def replay(self, alert_ids: list[str]) -> dict[str, int]:
         """Queue these alerts' dead destinations again: destinations queued per alert id

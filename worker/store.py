@@ -333,13 +333,12 @@ class Store:
         return [json.loads(d)["story"] if d else "" for d in pipe.execute()]
 
     def start_delivery(self, claim: DeliveryClaim, now: float, *, run_lease: float, slots: int,
-                       busy_wait: float, keep_lease: bool, max_lost: int,
-                       queue_lease: float) -> DeliveryStart:
+                       busy_wait: float, max_lost: int, queue_lease: float) -> DeliveryStart:
         """Begin an attempt on a claimed member: its lease becomes ``run_lease`` and it takes
         one of its destination's ``slots``; see ``_START_DELIVERY`` for the other verdicts."""
         out = self._delivery_scripts["start"](args=[
-            self.p, claim.member, claim.token, now, run_lease, slots, busy_wait,
-            "1" if keep_lease else "0", max_lost, queue_lease])
+            self.p, claim.member, claim.token, now, run_lease, slots, busy_wait, max_lost,
+            queue_lease])
         verdict = out[0]
         if verdict == "go":
             return DeliveryStart("go", attempts=int(out[1]), alert=json.loads(out[2]),
@@ -480,14 +479,12 @@ return out
 """
 
 # Begin one attempt on a claimed member, unless the claim went stale, the destination is
-# held (Retry-After: the member waits in the outbox) or already has ``slots`` attempts in
-# flight (busy: the member waits a little, in the outbox or, with keep lease, still claimed for
-# a caller that asks again), or too many attempts began and never reported (lost: the caller
-# dead-letters it).
-# ARGV: prefix, member, token, now, run lease, slots, busy wait, keep lease (1/0), max lost,
-#       queue lease
+# held (Retry-After: the member goes back to the outbox, due when the hold ends), or it already
+# has ``slots`` attempts in flight (busy: the claim stays the caller's, who asks again after
+# the wait), or too many attempts began and never reported (lost: the caller dead-letters it).
+# ARGV: prefix, member, token, now, run lease, slots, least busy wait, max lost, queue lease
 # Returns {verdict, ...}: {'go', attempts recorded, data, watchlist, copies},
-#   {'busy'|'held', seconds to wait}, {'stale'}, {'lost', starts}.
+#   {'busy'|'held', seconds to wait}, {'stale'}, {'lost', attempts lost}.
 _START_DELIVERY = _DELIVERY_LIB + """
 local p, m, token, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local id, dest = split(m)
@@ -495,28 +492,24 @@ local a = p .. 'alert:' .. id
 local outbox = p .. 'outbox'
 if redis.call('HGET', a, 'lease:' .. dest) ~= token then return {'stale'} end
 if not redis.call('ZSCORE', outbox, m) then return {'stale'} end
-local function wait(verdict, seconds, keep)
-  if keep then
-    redis.call('ZADD', outbox, now + seconds + tonumber(ARGV[10]), m)
-  else
-    redis.call('ZADD', outbox, now + seconds, m)
-    redis.call('HDEL', a, 'lease:' .. dest)
-  end
-  return {verdict, tostring(seconds)}
-end
 local hold = tonumber(redis.call('GET', p .. 'dest:' .. dest .. ':hold') or '0')
-if hold > now then return wait('held', hold - now, false) end
+if hold > now then
+  redis.call('ZADD', outbox, hold, m)
+  redis.call('HDEL', a, 'lease:' .. dest)
+  return {'held', tostring(hold - now)}
+end
 local inflight = p .. 'dest:' .. dest .. ':inflight'
 redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now - tonumber(ARGV[5]))
 if redis.call('ZSCORE', inflight, m) == false
    and redis.call('ZCARD', inflight) >= tonumber(ARGV[6]) then
   local oldest = redis.call('ZRANGE', inflight, 0, 0, 'WITHSCORES')
   local busy = math.min(math.max(now - tonumber(oldest[2]), tonumber(ARGV[7])), 5)
-  return wait('busy', busy, ARGV[8] == '1')
+  redis.call('ZADD', outbox, now + busy + tonumber(ARGV[9]), m)
+  return {'busy', tostring(busy)}
 end
 local recorded = tonumber(redis.call('HGET', a, 'n:' .. dest) or '0')
 local starts = redis.call('HINCRBY', a, 'starts:' .. dest, 1)
-if starts - recorded > tonumber(ARGV[9]) then return {'lost', tostring(starts - 1 - recorded)} end
+if starts - recorded > tonumber(ARGV[8]) then return {'lost', tostring(starts - 1 - recorded)} end
 redis.call('ZADD', inflight, now, m)
 redis.call('EXPIRE', inflight, 86400)
 redis.call('ZADD', outbox, now + tonumber(ARGV[5]), m)

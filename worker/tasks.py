@@ -70,6 +70,6 @@ def deliver_due() -> None:
 
 @app.task(base=NewsmonTask, name="newsmon.deliver")
 def deliver(member: str, token: str, watchlist: str) -> None:
-    result = service().deliver(DeliveryClaim(member, token, watchlist), requeue_busy=True)
-    if result.outcome == "busy":  # its destination has no free slot: ask again in a moment
+    result = service().deliver(DeliveryClaim(member, token, watchlist))
+    if result.outcome == "busy":  # its destination's slots are taken by slow attempts
         deliver.apply_async((member, token, watchlist), countdown=result.wait)
