@@ -60,7 +60,7 @@ def test_a_run_over_several_feeds_writes_stories_and_alerts(tmp_path, redis_url,
     assert lng["entities"] == ["LNG"]
     assert [(m["term"], m["field"]) for m in lng["matches"]] == [
         ("LNG", "title"), ("liquefied natural gas", "body")]
-    assert lng["state"] == "pending" and lng["article"]["title"] == "Japan LNG imports jump"
+    assert lng["state"] == "recorded" and lng["article"]["title"] == "Japan LNG imports jump"
     assert service.store.stats() == {"articles": 3, "stories": 3, "duplicates": 0, "alerts": 3}
     stream = service.store.r.xrange("newsmon:articles")
     assert len(stream) == 3 and json.loads(stream[0][1]["article"])["file"].endswith(".txt")
