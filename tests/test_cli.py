@@ -144,6 +144,20 @@ def test_run_once_status_and_alerts(tmp_path, config, redis_url, http_server):
     assert status["totals"] == {"articles": 2, "stories": 2, "duplicates": 0, "alerts": 2}
     table = invoke("status", env=env).output
     assert "world" in table and "NEXT DUE" in table
+    assert status["webhooks"] == [{"name": "desk", "disabled": None}]
+
+    # A receiver answering 410 Gone disables the webhook; status says so.
+    from worker.config import load_config
+    from worker.deliver import webhook_digest
+    from worker.store import Store
+
+    hook = load_config(config, env=env).config.webhooks["desk"]
+    store = Store.from_url(redis_url)
+    store.disable_webhook(webhook_digest(hook), {"webhook": "desk", "reason": "410 Gone"})
+    store.r.close()
+    assert json.loads(invoke("status", "--json", env=env).output)["webhooks"] == [
+        {"name": "desk", "disabled": "410 Gone"}]
+    assert "webhook desk DISABLED: 410 Gone" in invoke("status", env=env).output
 
     alerts = json.loads(invoke("alerts", "list", "--json", env=env).output)
     assert sorted(a["watchlist"] for a in alerts) == ["japan-energy", "rice"]

@@ -280,6 +280,7 @@ def status(config: str | None, as_json: bool) -> None:
         states = store.feed_states([f.name for f in cfg.feeds])
         due = store.due_times()
         totals = store.stats()
+        webhooks = _webhook_states(store, cfg)
     feeds = []
     for feed, st in zip(cfg.feeds, states, strict=True):
         feeds.append({
@@ -288,7 +289,7 @@ def status(config: str | None, as_json: bool) -> None:
             "http_status": _int(st.get("status")), "new_items": _int(st.get("new_items")) or 0,
             "failures": _int(st.get("failures")) or 0, "next_due": due.get(feed.name)})
     if as_json:
-        click.echo(json.dumps({"feeds": feeds, "totals": totals}, indent=2))
+        click.echo(json.dumps({"feeds": feeds, "webhooks": webhooks, "totals": totals}, indent=2))
         return
     rows = [("FEED", "URL", "LAST FETCH", "OUTCOME", "HTTP", "NEW", "FAILS", "NEXT DUE")]
     rows += [(f["name"], f["url"], _when(f["last_fetch"]),
@@ -296,7 +297,23 @@ def status(config: str | None, as_json: bool) -> None:
               str(f["http_status"] or "-"), str(f["new_items"]), str(f["failures"]),
               _when(f["next_due"])) for f in feeds]
     _table(rows)
+    for hook in webhooks:
+        if hook["disabled"]:
+            click.echo(f"\nwebhook {hook['name']} DISABLED: {hook['disabled']} "
+                       "(until its configuration changes)")
     click.echo("\n" + "  ".join(f"{k}: {v}" for k, v in totals.items()))
+
+
+def _webhook_states(store: Any, cfg: Config) -> list[dict[str, Any]]:
+    """Each webhook, with the reason it is disabled (410 Gone) or None."""
+    from worker.deliver import webhook_digest
+
+    out = []
+    for name, hook in cfg.webhooks.items():
+        disabled = store.webhook_disabled(webhook_digest(hook))
+        reason = (disabled.get("reason") if isinstance(disabled, dict) else disabled) if disabled else None
+        out.append({"name": name, "disabled": reason})
+    return out
 
 
 def _num(value: str | None) -> float | None:
