@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.processes import Processes
 from worker.embedded import EmbeddedRedis
 
 TEST_DB = 13
@@ -105,3 +106,11 @@ def http_server() -> Iterator[Server]:
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+@pytest.fixture
+def procs(tmp_path: Path, redis_url: str) -> Iterator[Processes]:
+    """Subprocesses (newsmon run, Celery worker, beat) of one test, killed at its end."""
+    p = Processes(tmp_path, redis_url)
+    yield p
+    p.stop_all()

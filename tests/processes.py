@@ -1,0 +1,87 @@
+"""newsmon and Celery as subprocesses, the way users run them, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+CELERY = [sys.executable, "-m", "celery", "-A", "worker.app"]
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Processes:
+    """A config folder, the environment of one test, and the processes it started."""
+
+    def __init__(self, tmp_path: Path, redis_url: str):
+        self.tmp = tmp_path
+        self.config = tmp_path / "config"
+        self.config.mkdir()
+        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.env = {**os.environ, "REDIS_URL": redis_url, "NEWSMON_CONFIG": str(self.config),
+                    "NEWSMON_DUMP_DIR": str(tmp_path / "dump"),
+                    "NEWSMON_DATA_DIR": str(tmp_path / "data"),
+                    "NEWSMON_ALLOW_NETWORKS": "127.0.0.0/8", "NEWSMON_TICK_SECONDS": "1",
+                    "NEWSMON_VISIBILITY_TIMEOUT": "4"}
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"proc{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def newsmon_run(self) -> subprocess.Popen[bytes]:
+        return self.start(sys.executable, "-m", "worker", "run", "--concurrency", "4")
+
+    def worker(self, *options: str) -> subprocess.Popen[bytes]:
+        """A Celery worker on every queue; by default 8 threads."""
+        options = options or ("--pool", "threads", "-c", "8")
+        return self.start(*CELERY, "worker", "-Q", "schedule,fetch,process,deliver",
+                          "--loglevel", "INFO", *options)
+
+    def beat(self) -> subprocess.Popen[bytes]:
+        return self.start(*CELERY, "beat", "--schedule", str(self.tmp / "beat-schedule"))
+
+    def alert_ids(self) -> list[str]:
+        return self.redis.zrange("newsmon:alerts:by-time", 0, -1)
+
+    def alerts(self) -> list[str]:
+        """The watchlists of the alerts recorded so far, sorted."""
+        return sorted(self.redis.hget(f"newsmon:alert:{a}", "watchlist") for a in self.alert_ids())
+
+    def state(self, alert_id: str) -> str | None:
+        return self.redis.hget(f"newsmon:alert:{alert_id}", "state")
+
+    def stats(self) -> dict[str, str]:
+        return self.redis.hgetall("newsmon:stats")
+
+    def logs(self) -> str:
+        return "\n".join((self.tmp / f"proc{i}.log").read_text(errors="replace")
+                         for i in range(len(self.procs)))
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            self.kill(proc)
+        self.redis.close()
