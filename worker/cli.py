@@ -21,6 +21,7 @@ import click
 from worker import __version__, embedded
 from worker.config import Config, FeedConfig, load_config
 from worker.errors import ConfigError, DumpFormatError, FetchError, NotAFeedError
+from worker.fetch import redact_url
 from worker.settings import Settings
 
 log = logging.getLogger("newsmon")
@@ -181,17 +182,6 @@ def check(config: str | None) -> None:
         click.echo(f"  {w.name}  match {w.match}  entities {len(w.entities)}  "
                    f"webhook {w.webhook or '-'}"
                    + (f"  notify {len(w.notify)} (***)" if w.notify else ""))
-
-
-def redact_url(url: str) -> str:
-    """A URL with its credentials and query (often a token) hidden."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = ("***@" if parts.username or parts.password else "") + host + (
-        f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
 
 
 # -- the service --------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from worker.errors import ConfigError
+from worker.health import DEFAULT_FAILING_AFTER
 
 log = logging.getLogger("newsmon.config")
 DEFAULT_CONFIG_DIR = "schedules"
@@ -72,6 +73,8 @@ class FeedConfig(_Strict):
     every: Duration = 300.0
     timezone: str | None = None
     full_text: Literal["auto", "always", "never"] = "auto"
+    failing_after: Duration = DEFAULT_FAILING_AFTER   # failing after failing this long
+    stale_after: Duration | None = None               # None: judged from the feed's rhythm
 
     @field_validator("timezone")
     @classmethod
@@ -128,6 +131,7 @@ class Config(_Strict):
     webhooks: dict[str, WebhookConfig] = {}
     watchlists: list[WatchlistConfig] = []
     health_webhook: str | None = None
+    failing_after: Duration | None = None     # the default of every feed that sets none
 
 
 @dataclass(frozen=True)
@@ -224,6 +228,7 @@ def _merge(parts: list[tuple[str, Config]], problems: list[str]) -> Config:
     webhooks: dict[str, WebhookConfig] = {}
     watchlists: list[WatchlistConfig] = []
     health: str | None = None
+    failing_after: float | None = None
     seen_hooks: dict[str, str] = {}
     seen_lists: dict[str, str] = {}
     seen_feeds: dict[str, str] = {}
@@ -248,6 +253,10 @@ def _merge(parts: list[tuple[str, Config]], problems: list[str]) -> Config:
             watchlists.append(wl)
         if part.health_webhook is not None:
             health = part.health_webhook
+        if part.failing_after is not None:
+            if failing_after is not None:
+                problems.append(f"{file}: failing_after: already set in another file")
+            failing_after = part.failing_after
     for file, part in parts:
         for i, wl in enumerate(part.watchlists):
             if wl.webhook is not None and wl.webhook not in webhooks:
@@ -256,7 +265,11 @@ def _merge(parts: list[tuple[str, Config]], problems: list[str]) -> Config:
         if part.health_webhook is not None and part.health_webhook not in webhooks:
             problems.append(f"{file}: health_webhook: expected the name of a webhook defined "
                             f"under webhooks, got {part.health_webhook!r}")
-    return Config(feeds=feeds, webhooks=webhooks, watchlists=watchlists, health_webhook=health)
+    if failing_after is not None:
+        feeds = [f if "failing_after" in f.model_fields_set
+                 else f.model_copy(update={"failing_after": failing_after}) for f in feeds]
+    return Config(feeds=feeds, webhooks=webhooks, watchlists=watchlists, health_webhook=health,
+                  failing_after=failing_after)
 
 
 class ConfigWatcher:

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from worker import USER_AGENT
+from worker import USER_AGENT, metrics
 from worker.config import Config, WatchlistConfig, WebhookConfig
 from worker.errors import (
     DeliveryError,
@@ -480,8 +480,9 @@ def send(dest: Destination, alert: dict[str, Any], copies: int, now: float, fetc
     """One send to a webhook or a notification URL."""
     remember_secrets(dest.secrets)
     if dest.webhook is not None:
-        return post_signed(fetcher, dest.webhook.url.get_secret_value(), alert["id"],
-                           alert_payload(alert, copies),
+        payload = ({k: alert[k] for k in ("type", "timestamp", "data")} if "type" in alert
+                   else alert_payload(alert, copies))  # a feed health event is stored as sent
+        return post_signed(fetcher, dest.webhook.url.get_secret_value(), alert["id"], payload,
                            [s.get_secret_value() for s in dest.webhook.secret], now, timeouts)
     title, body = notification_text(alert)
     return send_notification(dest.notify_url, title, body, allowed)
@@ -506,11 +507,14 @@ def _record(store: Store, claim: DeliveryClaim, dest: Destination, attempt: Atte
                   "until its configuration changes", dest.webhook_name)
     store.record_delivery(claim, now, entry, verdict.state, verdict.when, reason, hold)
     alert_id = claim.member.partition("|")[0]
+    kind = dest.label.partition(":")[0]
+    metrics.DELIVERIES.labels(kind, verdict.state).inc()
+    metrics.DELIVERY_SECONDS.labels(kind).observe(attempt.latency)
     level = logging.WARNING if verdict.state == "dead" else logging.INFO
     log.log(level, "alert=%s dest=%s attempt=%d outcome=%s status=%s latency_ms=%.0f%s%s",
             alert_id, dest.label, attempt_no, verdict.state, attempt.status or "-",
             attempt.latency * 1000, f" next={iso_time(verdict.when)}" if verdict.when else "",
-            f" reason={reason}" if reason else "")
+            f" reason={reason}" if reason else "", extra={"alert": alert_id})
     return DeliveryResult(verdict.state)
 
 
@@ -520,8 +524,10 @@ def _give_up(store: Store, claim: DeliveryClaim, label: str, reason: str,
     entry = {"at": now, "dest": label, "attempt": None, "status": None, "error": reason,
              "latency_ms": 0.0, "outcome": "dead", "next": None, "response": None}
     store.record_delivery(claim, now, entry, "dead", None, reason)
-    log.warning("alert=%s dest=%s outcome=dead reason=%s", claim.member.partition("|")[0],
-                label, reason)
+    metrics.DELIVERIES.labels(label.partition(":")[0], "dead").inc()
+    alert_id = claim.member.partition("|")[0]
+    log.warning("alert=%s dest=%s outcome=dead reason=%s", alert_id, label, reason,
+                extra={"alert": alert_id})
     return DeliveryResult("dead")
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from urllib.parse import urlsplit, urlunsplit
 
 import httpcore
 import httpx
@@ -576,3 +577,12 @@ def _redirect_target(response: httpx.Response) -> str | None:
     if not location:
         raise PermanentFetchError(f"HTTP {response.status_code} redirect without a Location")
     return str(response.url.join(location))
+
+
+def redact_url(url: str) -> str:
+    """A URL for display: its credentials and query (often a token) hidden."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = ("***@" if parts.username or parts.password else "") + host + (
+        f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))

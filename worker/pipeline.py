@@ -12,11 +12,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from worker import metrics
 from worker.config import FeedConfig
 from worker.dedupe import canonical_url, story_keys
 from worker.dump import dump_of, dump_path, place_dump, render_dump
 from worker.errors import FetchError, NotAFeedError
-from worker.fetch import Fetcher
+from worker.fetch import Fetcher, redact_url
+from worker.health import FAILING, Health, health_event, is_stale, next_health, rhythm, stale_threshold
 from worker.match import Matcher, match_article
 from worker.models import Article, FeedEntry, ParsedFeed, WatchlistHit
 from worker.normalize import (
@@ -55,35 +57,99 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
     state = store.feed_state(feed.name)
     failures = int(state.get("failures") or 0)
     outcome: dict[str, Any] = {"url": feed.url, "last_fetch": now, "new_items": 0}
+    ids = {"feed": feed.name}
+    started = time.monotonic()
     try:
         result = fetcher.get(feed.url, etag=state.get("etag") or None,
                              last_modified=state.get("last_modified") or None)
+        metrics.FETCH_SECONDS.observe(time.monotonic() - started)
         outcome.update(status=result.status, etag=result.etag or state.get("etag"),
                        last_modified=result.last_modified or state.get("last_modified"))
         if result.not_modified:
-            outcome.update(outcome="not modified", failures=0, error="")
-            store.record_fetch(feed.name, outcome, next_due_after_success(now, feed.every))
-            log.info("feed=%s outcome=not-modified status=304", feed.name)
-            return outcome
+            outcome.update(outcome="not modified", failures=0, error="", last_ok=now)
+            log.info("feed=%s outcome=not-modified status=304", feed.name, extra=ids)
+            return record_poll(feed, store, state, outcome, now, next_due_after_success(now, feed.every))
         parsed = parse_feed(result.content, result.content_type)
     except (FetchError, NotAFeedError) as exc:
         reason = exc.reason if isinstance(exc, FetchError) else str(exc)
         retry_after = exc.retry_after if isinstance(exc, FetchError) else None
         outcome.update(outcome="failed", error=reason, failures=failures + 1,
                        status=getattr(exc, "status", None) or "")
-        due = next_due_after_failure(now, feed.every, failures + 1, retry_after)
-        store.record_fetch(feed.name, outcome, due)
-        log.warning("feed=%s outcome=failed failures=%d reason=%s", feed.name, failures + 1, reason)
-        return outcome
+        log.warning("feed=%s outcome=failed failures=%d reason=%s", feed.name, failures + 1, reason,
+                    extra=ids)
+        return record_poll(feed, store, state, outcome, now,
+                           next_due_after_failure(now, feed.every, failures + 1, retry_after))
     fresh = new_entries(feed, parsed, store, fetcher)
     if fresh:
         submit(feed, parsed, fresh)
-    outcome.update(outcome="ok", error="", failures=0, new_items=len(fresh))
-    store.record_fetch(feed.name, outcome,
-                       next_due_after_success(now, feed.every, parsed.ttl_minutes))
+    outcome.update(outcome="ok", error="", failures=0, new_items=len(fresh), last_ok=now,
+                   **item_rhythm(parsed, bool(fresh), now))
     log.info("feed=%s outcome=ok status=%s entries=%d new=%d", feed.name, outcome["status"],
-             len(parsed.entries), len(fresh))
+             len(parsed.entries), len(fresh), extra=ids)
+    return record_poll(feed, store, state, outcome, now,
+                       next_due_after_success(now, feed.every, parsed.ttl_minutes))
+
+
+def item_rhythm(parsed: ParsedFeed, any_new: bool, now: float) -> dict[str, float]:
+    """When the feed last published (its newest item's date; without dates, now if anything
+    was new) and its usual gap between items, for the stale check; {} when unknown."""
+    dates = [min(e.published.timestamp(), now) for e in parsed.entries if e.published]
+    out = {"newest": max(dates)} if dates else ({"newest": now} if any_new else {})
+    gap = rhythm(dates)
+    return {**out, "rhythm": gap} if gap is not None else out
+
+
+def record_poll(feed: FeedConfig, store: Store, state: dict[str, str], outcome: dict[str, Any],
+                now: float, next_due: float) -> dict[str, Any]:
+    """Save a poll's outcome with the feed's health and staleness; a change of health is
+    logged, counted, and queued as a ``feed.failing``/``feed.recovered`` event (before the
+    state is saved, so a crash in between sends it on the next poll, never loses it)."""
+    metrics.FETCHES.labels(outcome["outcome"].replace(" ", "_")).inc()
+    previous = Health.from_state(state)
+    current = next_health(previous, outcome["outcome"] != "failed", now, feed.failing_after)
+    newest = outcome.get("newest") or _float(state.get("newest"))
+    usual = outcome.get("rhythm") or _float(state.get("rhythm"))
+    stale = is_stale(newest, now, stale_threshold(usual, feed.every, feed.stale_after))
+    outcome.update(health=current.state, failing_since=current.failing_since or "",
+                   stale=int(stale))
+    ids = {"feed": feed.name}
+    if current.state != previous.state:
+        metrics.HEALTH_CHANGES.labels(current.state).inc()
+        since = iso(current.failing_since or previous.failing_since or now)
+        if current.state == FAILING:  # an error: reported once per run of failures (Sentry)
+            log.error("feed=%s health=failing: no successful fetch since %s (%d failures): %s",
+                      feed.name, since, outcome["failures"], outcome["error"], extra=ids)
+        else:
+            log.warning("feed=%s health=%s (was %s, failing since %s)", feed.name, current.state,
+                        previous.state, since, extra=ids)
+        event = health_event(feed_view(feed, state, outcome), previous, current, iso(now))
+        if event is not None:
+            store.add_event(event, now)
+    if stale != (state.get("stale") == "1"):
+        level = logging.WARNING if stale else logging.INFO
+        log.log(level, "feed=%s %s: newest item %s, usual gap %s", feed.name,
+                "stale" if stale else "publishing again", iso(newest) if newest else "unknown",
+                f"{usual / 3600:.1f} h" if usual else "unknown", extra=ids)
+    store.record_fetch(feed.name, outcome, next_due)
     return outcome
+
+
+def feed_view(feed: FeedConfig, state: dict[str, str], outcome: dict[str, Any]) -> dict[str, Any]:
+    """A feed's health as the ``feed.*`` events carry it (the URL without credentials)."""
+    since = outcome.get("failing_since") or _float(state.get("failing_since"))
+    last_ok = outcome.get("last_ok") or _float(state.get("last_ok"))
+    return {"feed": feed.name, "url": redact_url(feed.url), "state": outcome["health"],
+            "failing_since": iso(since) if since else None,
+            "last_success": iso(last_ok) if last_ok else None,
+            "failures": outcome["failures"], "error": outcome["error"] or None}
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def entry_article_id(feed: FeedConfig, entry: FeedEntry) -> str:
@@ -115,7 +181,7 @@ def full_text(feed: FeedConfig, entry: FeedEntry, fetcher: Fetcher) -> PageText 
         page = fetcher.get(entry.link, accept="text/html,application/xhtml+xml")
     except FetchError as exc:
         log.info("feed=%s full-text fetch failed url=%s reason=%s", feed.name, entry.link,
-                 exc.reason)
+                 exc.reason, extra={"feed": feed.name})
         return None
     return extract_page(page.content, page.url)
 
@@ -133,13 +199,16 @@ def process_entries(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh], st
             alerts += process_article(article, store, matcher, dump_dir, now)
         except Exception:  # recorded, and the other entries go on
             log.exception("feed=%s entry failed guid=%s link=%s", feed.name, item.entry.guid,
-                          item.entry.link)
+                          item.entry.link, extra={"feed": feed.name})
     return alerts
 
 
 def process_article(article: Article, store: Store, matcher: Matcher, dump_dir: Path,
                     now: float) -> list[str]:
     claim = store.claim_story(article.id, story_keys(article), now)
+    if claim.fresh:
+        metrics.ARTICLES.inc()
+        (metrics.STORIES if claim.is_new else metrics.DUPLICATES).inc()
     text = render_dump(dump_of(article))
     path = write_story_dump(store, dump_dir, article, text) if claim.is_new else None
     if claim.is_new:
@@ -149,8 +218,10 @@ def process_article(article: Article, store: Store, matcher: Matcher, dump_dir: 
         record = alert_json(hit, article, claim.story_id, text, now)
         alert_id, is_new = store.claim_alert(claim.story_id, hit.watchlist, record["id"], record, now)
         if is_new:
+            metrics.ALERTS.labels(hit.watchlist).inc()
             log.info("alert=%s watchlist=%s story=%s article=%s", alert_id, hit.watchlist,
-                     claim.story_id, article.id)
+                     claim.story_id, article.id,
+                     extra={"alert": alert_id, "story": claim.story_id, "article": article.id})
             created.append(alert_id)
     store.mark_done(article.id)
     return created

@@ -127,9 +127,12 @@ class Service:
             return ready
         lists = {w.name: w for w in self.config().watchlists}
         stories = self.store.alert_stories([c.member for c in fresh])
+        config = self.config()
+        health = [f"webhook:{config.health_webhook}"] if config.health_webhook else []
         for claim, story in zip(fresh, stories, strict=True):
-            ready += self.store.expand_alert(claim, story, destinations(lists.get(claim.watchlist)),
-                                             now, QUEUE_LEASE)
+            # watchlist "": a feed health event, for the health webhook (if one is configured)
+            dests = destinations(lists.get(claim.watchlist)) if claim.watchlist else health
+            ready += self.store.expand_alert(claim, story, dests, now, QUEUE_LEASE)
         return ready
 
     def deliver(self, claim: DeliveryClaim) -> DeliveryResult:

@@ -10,6 +10,7 @@ Keys (prefix ``newsmon:``):
     story:sig:{id}       string  MinHash signature as hex (TTL: retention window)
     fired:{story}:{wl}   string  alert id: a watchlist fires at most once per story
     alert:{id}           hash    data (JSON), state, created, watchlist, attempts (no TTL);
+                                 a feed health event (evt_...) is one with watchlist "";
                                  delivery: dests, story, log (JSON list of attempts),
                                  next_attempt, and per destination st:, n:, starts:, next:,
                                  why:, lease: {dest} (see "delivery" below)
@@ -66,7 +67,7 @@ _CLAIM_STORY = """
 local p = ARGV[1]
 local art = p .. 'art:' .. ARGV[2]
 local known = redis.call('HGET', art, 'story')
-if known then return {known, redis.call('HGET', art, 'new')} end
+if known then return {known, redis.call('HGET', art, 'new'), '0'} end
 local ttl = tonumber(ARGV[9])
 local exact = {}
 if ARGV[4] ~= '' then table.insert(exact, p .. 'id:url:' .. ARGV[4]) end
@@ -115,7 +116,7 @@ for _, k in ipairs(exact) do redis.call('SET', k, story, 'NX', 'EX', ttl) end
 redis.call('HSET', art, 'story', story, 'new', new)
 redis.call('EXPIRE', art, ttl)
 redis.call('HINCRBY', p .. 'stats', 'articles', 1)
-return {story, new}
+return {story, new, '1'}
 """
 
 # The sequence number of an article's dump file: assigned once, the same on every retry.
@@ -146,11 +147,23 @@ redis.call('HINCRBY', p .. 'stats', 'alerts', 1)
 return {ARGV[4], 1}
 """
 
+# A feed health event into the outbox, once per id (its id derives from what happened).
+# ARGV: prefix, event id, event JSON, created
+_ADD_EVENT = """
+local a = ARGV[1] .. 'alert:' .. ARGV[2]
+if redis.call('EXISTS', a) == 1 then return 0 end
+redis.call('HSET', a, 'data', ARGV[3], 'state', 'pending', 'created', ARGV[4], 'watchlist', '',
+           'attempts', 0)
+redis.call('ZADD', ARGV[1] .. 'outbox', ARGV[4], ARGV[2])
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class StoryClaim:
     story_id: str
     is_new: bool
+    fresh: bool = True      # False: an earlier run already claimed this article (a retry)
 
 
 def _digest(value: str | None) -> str:
@@ -169,6 +182,7 @@ class Store:
         self._claim_story = client.register_script(_CLAIM_STORY)
         self._claim_seq = client.register_script(_CLAIM_SEQ)
         self._claim_alert = client.register_script(_CLAIM_ALERT)
+        self._add_event = client.register_script(_ADD_EVENT)
 
     @classmethod
     def from_url(cls, url: str, retention_days: float = 30.0) -> Store:
@@ -221,6 +235,39 @@ class Store:
         pipe.zadd(self.p + "due", {name: next_due}, xx=True)
         pipe.execute()
 
+    def add_event(self, event: dict[str, Any], now: float) -> bool:
+        """Queue a feed health event for the health webhook (False: it was queued before).
+        It is delivered like an alert whose watchlist is "" (see Service.claim_deliveries)."""
+        return bool(self._add_event(args=[self.p, event["id"], json.dumps(event), now]))
+
+    # -- figures for metrics ---------------------------------------------------------------------
+    def feed_health_summary(self) -> list[dict[str, Any]]:
+        """Health, staleness and last outcome of every scheduled (configured) feed."""
+        names = self.r.zrange(self.p + "due", 0, -1)
+        pipe = self.r.pipeline()
+        for name in names:
+            pipe.hmget(f"{self.p}feed:{name}", ["health", "stale", "outcome"])
+        return [{"health": h or "healthy", "stale": s == "1", "outcome": o or ""}
+                for h, s, o in pipe.execute()]
+
+    def queue_depths(self, queues: tuple[str, ...], suffixes: tuple[str, ...]) -> dict[str, int]:
+        """Messages waiting in each Celery queue (the broker is this Redis)."""
+        pipe = self.r.pipeline()
+        for queue in queues:
+            for suffix in suffixes:
+                pipe.llen(queue + suffix)
+        lengths = pipe.execute()
+        n = len(suffixes)
+        return {q: sum(lengths[i * n:(i + 1) * n]) for i, q in enumerate(queues)}
+
+    def outbox_counts(self, now: float) -> dict[str, int]:
+        pipe = self.r.pipeline()
+        pipe.zcount(self.p + "outbox", "-inf", now)
+        pipe.zcount(self.p + "outbox", f"({now}", "+inf")
+        pipe.zcard(self.p + "dead")
+        due, waiting, dead = pipe.execute()
+        return {"due": due, "waiting": waiting, "dead": dead}
+
     def mark_beat(self, now: float) -> None:
         self.r.set(self.p + "beat", now)
 
@@ -240,10 +287,10 @@ class Store:
         """The story this article belongs to; a new story when nothing known is the same."""
         slots = len(keys.signature)
         need = -(-int(THRESHOLD * slots * 1000) // 1000)  # ceil without float surprises
-        story, new = self._claim_story(args=[
+        story, new, fresh = self._claim_story(args=[
             self.p, article_id, article_id, _digest(keys.url), _digest(keys.guid), keys.fingerprint,
             sig_to_hex(keys.signature), need, self.ttl, now, *keys.bands])
-        return StoryClaim(story_id=story, is_new=new == "1")
+        return StoryClaim(story_id=story, is_new=new == "1", fresh=fresh == "1")
 
     def story(self, story_id: str) -> dict[str, str]:
         return self.r.hgetall(f"{self.p}story:{story_id}")
@@ -330,7 +377,7 @@ class Store:
         pipe = self.r.pipeline()
         for aid in alert_ids:
             pipe.hget(f"{self.p}alert:{aid}", "data")
-        return [json.loads(d)["story"] if d else "" for d in pipe.execute()]
+        return [json.loads(d).get("story", "") if d else "" for d in pipe.execute()]
 
     def start_delivery(self, claim: DeliveryClaim, now: float, *, run_lease: float, slots: int,
                        busy_wait: float, max_lost: int, queue_lease: float) -> DeliveryStart:
