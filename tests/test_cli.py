@@ -141,9 +141,12 @@ def test_run_once_status_and_alerts(tmp_path, config, redis_url, http_server):
     assert (world["outcome"], world["http_status"], world["new_items"]) == ("ok", 200, 2)
     broken = next(f for f in status["feeds"] if f["name"] != "world")
     assert broken["failures"] == 1 and "DNS" in broken["error"]
+    assert (world["health"], broken["health"]) == ("healthy", "degraded")
+    assert broken["failing_since"] is not None and world["stale"] is False
     assert status["totals"] == {"articles": 2, "stories": 2, "duplicates": 0, "alerts": 2}
     table = invoke("status", env=env).output
-    assert "world" in table and "NEXT DUE" in table
+    assert "world" in table and "NEXT DUE" in table and "HEALTH" in table
+    assert "degraded since" in table
     assert status["webhooks"] == [{"name": "desk", "disabled": None}]
 
     # A receiver answering 410 Gone disables the webhook; status says so.

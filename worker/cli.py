@@ -274,15 +274,18 @@ def status(config: str | None, as_json: bool) -> None:
     feeds = []
     for feed, st in zip(cfg.feeds, states, strict=True):
         feeds.append({
-            "name": feed.name, "url": feed.url, "last_fetch": _num(st.get("last_fetch")),
+            "name": feed.name, "url": redact_url(feed.url), "last_fetch": _num(st.get("last_fetch")),
             "outcome": st.get("outcome") or "never fetched", "error": st.get("error") or None,
             "http_status": _int(st.get("status")), "new_items": _int(st.get("new_items")) or 0,
-            "failures": _int(st.get("failures")) or 0, "next_due": due.get(feed.name)})
+            "failures": _int(st.get("failures")) or 0, "next_due": due.get(feed.name),
+            "health": st.get("health") or ("healthy" if st else "unknown"),
+            "failing_since": _num(st.get("failing_since")), "stale": st.get("stale") == "1",
+            "newest_item": _num(st.get("newest")), "usual_gap": _num(st.get("rhythm"))})
     if as_json:
         click.echo(json.dumps({"feeds": feeds, "webhooks": webhooks, "totals": totals}, indent=2))
         return
-    rows = [("FEED", "URL", "LAST FETCH", "OUTCOME", "HTTP", "NEW", "FAILS", "NEXT DUE")]
-    rows += [(f["name"], f["url"], _when(f["last_fetch"]),
+    rows = [("FEED", "URL", "HEALTH", "LAST FETCH", "OUTCOME", "HTTP", "NEW", "FAILS", "NEXT DUE")]
+    rows += [(f["name"], f["url"], _health(f), _when(f["last_fetch"]),
               f["outcome"] + (f": {f['error']}" if f["error"] else ""),
               str(f["http_status"] or "-"), str(f["new_items"]), str(f["failures"]),
               _when(f["next_due"])) for f in feeds]
@@ -292,6 +295,16 @@ def status(config: str | None, as_json: bool) -> None:
             click.echo(f"\nwebhook {hook['name']} DISABLED: {hook['disabled']} "
                        "(until its configuration changes)")
     click.echo("\n" + "  ".join(f"{k}: {v}" for k, v in totals.items()))
+
+
+def _health(feed: dict[str, Any]) -> str:
+    """healthy, "failing since 2025-02-06 16:30:05", "healthy, stale (newest item ...)"."""
+    text = feed["health"]
+    if feed["failing_since"]:
+        text += f" since {_when(feed['failing_since'])}"
+    if feed["stale"]:
+        text += f", stale (newest item {_when(feed['newest_item'])})"
+    return text
 
 
 def _webhook_states(store: Any, cfg: Config) -> list[dict[str, Any]]:
@@ -403,6 +416,11 @@ def alerts_show(config: str | None, as_json: bool, alert_id: str) -> None:
         record = Store.from_url(url).alert(alert_id)
     if record is None:
         raise click.ClickException(f"no alert {alert_id}")
+    if "type" in record:  # a feed health event (evt_...): shown as JSON either way
+        record["attempts"] = [{**a, "at": _iso(a["at"]), "next": _iso(a.get("next"))}
+                              for a in record["attempts"]]
+        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+        return
     view = {**alert_view(record), "attempts": [
         {**a, "at": _iso(a["at"]), "next": _iso(a.get("next"))} for a in record["attempts"]]}
     if as_json:

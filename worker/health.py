@@ -52,7 +52,7 @@ def health_event(feed: dict[str, Any], previous: Health, current: Health,
         kind, since = "feed.recovered", previous.failing_since
     else:
         return None
-    digest = hashlib.sha256(f"{feed['name']}|{kind}|{since}".encode()).hexdigest()[:24]
+    digest = hashlib.sha256(f"{feed['feed']}|{kind}|{since}".encode()).hexdigest()[:24]
     return {"id": "evt_" + digest, "type": kind, "timestamp": now_iso, "data": feed}
 
 
