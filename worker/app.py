@@ -51,6 +51,7 @@ app.conf.update(
         "newsmon.process": {"queue": "process"},
         "newsmon.deliver": {"queue": "deliver"},
         "newsmon.deliver_due": {"queue": "schedule"},
+        "newsmon.heartbeat": {"queue": "schedule"},
     },
     beat_schedule={
         # Hands out due feeds; a tick not run within its own period is dropped, not queued up.
@@ -60,6 +61,9 @@ app.conf.update(
         # new alerts are sent at once by the process task. Dropped, not queued, if late.
         "deliver-due": {"task": "newsmon.deliver_due", "schedule": settings.tick_seconds,
                         "options": {"expires": settings.tick_seconds}},
+        # Proves beat and a worker both run: Sentry's cron monitor "newsmon-heartbeat".
+        "newsmon-heartbeat": {"task": "newsmon.heartbeat", "schedule": 60.0,
+                              "options": {"expires": 60.0}},
     },
 )
 
@@ -67,3 +71,27 @@ app.conf.update(
 @signals.setup_logging.connect
 def _setup_logging(**_: object) -> None:
     configure_logging(settings.log_format)
+
+
+@signals.celeryd_init.connect
+def _worker_init(**_: object) -> None:
+    from worker.sentry import init_sentry
+
+    init_sentry("worker")
+
+
+@signals.beat_init.connect
+def _beat_init(**_: object) -> None:
+    from worker.sentry import init_sentry
+
+    init_sentry("beat")
+
+
+@signals.worker_ready.connect
+def _worker_ready(**_: object) -> None:
+    """Serve /metrics from the worker's main process (its pool's children write beside it)."""
+    if settings.metrics_port is not None:
+        from worker import metrics
+        from worker.store import Store
+
+        metrics.serve(settings.metrics_port, lambda: Store.from_url(broker_url(settings)), QUEUES)

@@ -199,7 +199,10 @@ def run(config: str | None, once: bool, concurrency: int, timeout: float) -> Non
     _load(settings)
     with _redis(settings) as url:
         if once:
+            from worker.sentry import init_sentry
             from worker.service import Service
+
+            init_sentry("run")
 
             summary = Service(settings, url).run_once(delivery_timeout=timeout)
             for name, reason in summary["failed"]:

@@ -329,6 +329,24 @@ def remember_secrets(secrets: Iterable[str]) -> None:
             _secrets = tuple(sorted(set(_secrets) | set(secrets), key=len, reverse=True))
 
 
+def known_secrets() -> tuple[str, ...]:
+    """Every secret string seen so far (longest first): for scrubbing logs and error reports."""
+    return _secrets
+
+
+def config_secrets(config: Config) -> list[str]:
+    """The secret strings of a configuration: webhook URLs and their parts, webhook secrets,
+    notification URLs' tokens."""
+    out: list[str] = []
+    for hook in config.webhooks.values():
+        out += url_secrets(hook.url.get_secret_value())
+        out += [s.get_secret_value() for s in hook.secret]
+    for watchlist in config.watchlists:
+        for url in watchlist.notify:
+            out += url_secrets(url.get_secret_value())
+    return out
+
+
 for _name, _quiet in (("httpx", logging.NOTSET), ("httpcore", logging.NOTSET),
                       ("apprise", logging.WARNING), ("urllib3", logging.WARNING)):
     logging.getLogger(_name).addFilter(_ScrubSecrets(_quiet))

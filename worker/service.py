@@ -25,9 +25,11 @@ from worker.deliver import (
     QUEUE_LEASE,
     Attempt,
     DeliveryResult,
+    config_secrets,
     deliver_claim,
     destinations,
     ping_webhook,
+    remember_secrets,
 )
 from worker.errors import ConfigError
 from worker.fetch import Fetcher, parse_networks
@@ -50,6 +52,7 @@ class Service:
         self.redis_url = redis_url
         self.watcher = ConfigWatcher(settings.config_dir)
         self._matcher: tuple[int, Matcher] | None = None
+        self._secrets_of: Config | None = None
 
     @cached_property
     def store(self) -> Store:
@@ -60,7 +63,11 @@ class Service:
         return Fetcher(self.settings.allow_networks)
 
     def config(self) -> Config:
-        return self.watcher.current()
+        config = self.watcher.current()
+        if config is not self._secrets_of:  # scrubbed from logs and error reports from now on
+            remember_secrets(config_secrets(config))
+            self._secrets_of = config
+        return config
 
     def matcher(self) -> Matcher:
         config = self.config()

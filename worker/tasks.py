@@ -13,6 +13,7 @@ from worker.app import app, broker_url, settings
 from worker.config import FeedConfig
 from worker.models import ParsedFeed
 from worker.pipeline import Fresh
+from worker.sentry import tag
 from worker.service import Service, decode_batch, encode_batch
 from worker.store import DeliveryClaim
 
@@ -38,8 +39,15 @@ def tick() -> None:
         fetch.delay(feed.name)
 
 
+@app.task(base=NewsmonTask, name="newsmon.heartbeat")
+def heartbeat() -> None:
+    """Beat sends it every minute; its run is the Sentry cron monitor's check-in."""
+    service().store.ping()
+
+
 @app.task(base=NewsmonTask, name="newsmon.fetch")
 def fetch(feed_name: str) -> None:
+    tag(feed=feed_name)
     feed = service().feed(feed_name)
     if feed is not None:  # removed from the configuration meanwhile
         service().poll(feed, submit_to_queue)
@@ -51,6 +59,7 @@ def submit_to_queue(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh]) ->
 
 @app.task(base=NewsmonTask, name="newsmon.process")
 def process(feed: dict[str, Any], batch: dict[str, Any]) -> None:
+    tag(feed=str(feed.get("name")))
     parsed, items = decode_batch(batch)
     alerts = service().process(FeedConfig.model_validate(feed), parsed, items)
     if alerts:  # sent now rather than at the next beat tick; the outbox has them either way
@@ -70,6 +79,7 @@ def deliver_due() -> None:
 
 @app.task(base=NewsmonTask, name="newsmon.deliver")
 def deliver(member: str, token: str, watchlist: str) -> None:
+    tag(alert=member.partition("|")[0], watchlist=watchlist)
     result = service().deliver(DeliveryClaim(member, token, watchlist))
     if result.outcome == "busy":  # its destination's slots are taken by slow attempts
         deliver.apply_async((member, token, watchlist), countdown=result.wait)
