@@ -77,6 +77,7 @@ def _setup_logging(**_: object) -> None:
 def _worker_init(**_: object) -> None:
     from worker.sentry import init_sentry
 
+    configure_logging(settings.log_format)  # already now: Celery warns before it sets logging up
     init_sentry("worker")
 
 

@@ -232,6 +232,8 @@ def _run_celery(settings: Settings, url: str, concurrency: int) -> int:
            "--queues", "schedule,fetch,process,deliver", "--pool", "threads",
            "--concurrency", str(concurrency), "--loglevel", "INFO",
            "--schedule", str(settings.data_dir / "celerybeat-schedule")]
+    if settings.log_format == "json":
+        cmd.insert(3, "--quiet")  # no start-up banner: every line is JSON
     child = subprocess.Popen(cmd, env=env)
     stopping = []
 

@@ -27,5 +27,6 @@ def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # Python warnings become log lines (JSON too)
     # httpx logs every request at INFO; our own fetch log line says what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)

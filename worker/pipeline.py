@@ -58,11 +58,10 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
     failures = int(state.get("failures") or 0)
     outcome: dict[str, Any] = {"url": feed.url, "last_fetch": now, "new_items": 0}
     ids = {"feed": feed.name}
-    started = time.monotonic()
     try:
-        result = fetcher.get(feed.url, etag=state.get("etag") or None,
-                             last_modified=state.get("last_modified") or None)
-        metrics.FETCH_SECONDS.observe(time.monotonic() - started)
+        with metrics.FETCH_SECONDS.time():  # failed fetches too
+            result = fetcher.get(feed.url, etag=state.get("etag") or None,
+                                 last_modified=state.get("last_modified") or None)
         outcome.update(status=result.status, etag=result.etag or state.get("etag"),
                        last_modified=result.last_modified or state.get("last_modified"))
         if result.not_modified:
