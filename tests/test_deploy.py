@@ -810,8 +810,11 @@ def test_kubernetes_pods_are_probed_limited_and_unprivileged() -> None:
             assert container["securityContext"]["allowPrivilegeEscalation"] is False, workload
             assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], workload
     for workload, container in newsmon_containers():
+        assert container["readinessProbe"]["exec"]["command"] == ["newsmon", "health"], workload
+        # alive: the pod's own component (a Redis or beat problem does not restart workers)
+        assert container["livenessProbe"]["exec"]["command"] == [
+            "newsmon", "health", "--component", container["name"]], workload
         for probe in ("readinessProbe", "livenessProbe"):
-            assert container[probe]["exec"]["command"] == ["newsmon", "health"], workload
             assert container[probe]["timeoutSeconds"] >= 10, f"{workload}: Python needs time"
 
 

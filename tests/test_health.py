@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -214,3 +215,49 @@ def test_status_shows_failing_and_stale_feeds(tmp_path, redis_url, http_server):
     [wire] = json.loads(CliRunner().invoke(main, ["status", "--json"], env=env).output)["feeds"]
     assert (wire["health"], wire["failing_since"], wire["stale"]) == ("failing", now - 2 * HOUR,
                                                                       False)
+
+
+# -- newsmon health ---------------------------------------------------------------------------
+def health(procs, *args: str, **env: str) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "worker", "health", *args],
+                          env={**procs.env, **env}, capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stdout.strip()
+
+
+@pytest.mark.integration
+def test_health_says_why_it_is_unhealthy_in_one_line(procs):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    code, out = health(procs, REDIS_URL=f"redis://:pw@127.0.0.1:{closed}/0")
+    assert (code, out) == (1, f"unhealthy: Redis at redis://***@127.0.0.1:{closed}/0 does not answer")
+    code, out = health(procs)
+    assert (code, out) == (1, "unhealthy: no recent beat tick (last: never; limit 30 s)")
+    procs.redis.set("newsmon:beat", time.time() - 100)
+    code, out = health(procs, "--max-beat-age", "120")
+    assert (code, out) == (1, "unhealthy: no worker answered a ping within 2 s")
+    code, out = health(procs)
+    assert code == 1 and re.fullmatch(r"unhealthy: no recent beat tick \(last: 1\d\d s ago; "
+                                      r"limit 30 s\)", out)
+
+
+@pytest.mark.integration
+def test_health_is_ok_with_a_worker_and_beat_running(procs):
+    (procs.config / "c.yaml").write_text("feeds: []\n")
+    procs.worker()
+    procs.beat()
+    from tests.processes import wait_until
+
+    wait_until(lambda: health(procs)[0] == 0, 30, "newsmon health to pass")
+    code, out = health(procs)
+    assert out.startswith("healthy: Redis answers, beat ") and "1 worker(s) answered" in out
+    assert health(procs, "--component", "worker")[0] == 0  # this host's worker
+    assert health(procs, "--component", "beat")[0] == 0
+    procs.kill(procs.procs[0])  # the worker
+    code, out = health(procs, "--component", "worker")
+    assert (code, out) == (1, "unhealthy: no worker on this host answered a ping within 2 s")

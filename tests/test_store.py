@@ -89,7 +89,9 @@ def test_claiming_an_article_again_counts_it_once(store):
     a = article("d" * 16, "https://one.example/d")
     b = article("e" * 16, "https://one.example/d?fbclid=123")
     first = store.claim_story(a.id, story_keys(a), 1)
-    assert store.claim_story(a.id, story_keys(a), 2) == first  # a retried task
+    again = store.claim_story(a.id, story_keys(a), 2)  # a retried task
+    assert (again.story_id, again.is_new, first.fresh, again.fresh) == (first.story_id, True, True,
+                                                                       False)
     assert store.claim_story(b.id, story_keys(b), 3).story_id == first.story_id
     assert store.claim_story(b.id, story_keys(b), 4).story_id == first.story_id
     assert store.stats()["duplicates"] == 1

@@ -544,29 +544,45 @@ def bench(quick: bool, only: tuple[str, ...]) -> None:
 @click.option("--max-beat-age", type=float, default=None,
               help="Seconds since the last beat tick that still count as healthy "
                    "(default: 6 ticks, at least 30 s).")
-def health(max_beat_age: float | None) -> None:
-    """Exit 0 when Redis answers, the beat tick is recent and a worker answers a ping."""
+@click.option("--component", type=click.Choice(["all", "worker", "beat"]), default="all",
+              show_default=True,
+              help="all: Redis, a recent beat tick and any worker; worker: Redis and the worker "
+                   "of this host (celery@HOSTNAME); beat: Redis and a recent beat tick. "
+                   "Liveness probes check their own component.")
+def health(max_beat_age: float | None, component: str) -> None:
+    """Exit 0 when Redis answers, the beat tick is recent and a worker answers a ping;
+    else print a one-line reason and exit 1."""
+    import redis
+
     from worker.store import Store
 
     settings = _settings()
     url = settings.redis_url or embedded.running_url(settings.data_dir)
     if not url:
         _unhealthy("no Redis: REDIS_URL is unset and no embedded Redis runs")
-    store = Store.from_url(url)
+    store = Store(redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=3,
+                                       socket_timeout=5))
     if not store.ping():
         _unhealthy(f"Redis at {redact_url(url)} does not answer")
-    limit = max_beat_age or max(30.0, 6 * settings.tick_seconds)
-    beat = store.last_beat()
-    if beat is None or time.time() - beat > limit:
-        age = "never" if beat is None else f"{time.time() - beat:.0f} s ago"
-        _unhealthy(f"no recent beat tick (last: {age}; limit {limit:.0f} s)")
-    from worker.app import app
+    said = ["Redis answers"]
+    if component in ("all", "beat"):
+        limit = max_beat_age or max(30.0, 6 * settings.tick_seconds)
+        beat = store.last_beat()
+        if beat is None or time.time() - beat > limit:
+            age = "never" if beat is None else f"{time.time() - beat:.0f} s ago"
+            _unhealthy(f"no recent beat tick (last: {age}; limit {limit:.0f} s)")
+        said.append(f"beat {time.time() - beat:.0f} s ago")
+    if component in ("all", "worker"):
+        import socket
 
-    replies = app.control.ping(timeout=2.0)
-    if not replies:
-        _unhealthy("no worker answered a ping within 2 s")
-    click.echo(f"healthy: Redis answers, beat {time.time() - beat:.0f} s ago, "
-               f"{len(replies)} worker(s) answered")
+        from worker.app import app
+
+        here = [f"celery@{socket.gethostname()}"] if component == "worker" else None
+        replies = app.control.ping(destination=here, timeout=2.0)
+        if not replies:
+            _unhealthy(f"no worker{' on this host' if here else ''} answered a ping within 2 s")
+        said.append(f"{len(replies)} worker(s) answered")
+    click.echo("healthy: " + ", ".join(said))
 
 
 def _unhealthy(reason: str) -> None:
