@@ -81,10 +81,10 @@ def test_failing_after_is_configurable_per_feed_and_for_all(tmp_path):
     (tmp_path / "a.yaml").write_text(yaml.safe_dump({"failing_after": "2h", "feeds": [
         {"url": "https://a.example/rss", "name": "a"},
         {"url": "https://b.example/rss", "name": "b", "failing_after": "30m",
-         "stale_after": "2h"}]}))
+         "stale_after": "2d"}]}))
     feeds = {f.name: f for f in load_config(tmp_path).config.feeds}
     assert (feeds["a"].failing_after, feeds["b"].failing_after) == (2 * HOUR, 1800.0)
-    assert (feeds["a"].stale_after, feeds["b"].stale_after) == (None, 2 * HOUR)
+    assert (feeds["a"].stale_after, feeds["b"].stale_after) == (None, 48 * HOUR)
     (tmp_path / "a.yaml").write_text(yaml.safe_dump({"feeds": [{"url": "https://a.example/"}]}))
     assert load_config(tmp_path).config.feeds[0].failing_after == 6 * HOUR  # the default
     (tmp_path / "b.yaml").write_text(yaml.safe_dump({"failing_after": "1h"}))
@@ -145,6 +145,7 @@ def test_a_failing_feed_is_reported_once_and_its_recovery_too(tmp_path, redis_ur
     assert failing["failing_since"] == datetime.fromtimestamp(start, UTC).isoformat()
     assert failing["last_success"] is None
     assert recovered["state"] == HEALTHY and recovered["error"] is None
+    assert recovered["failing_since"] == failing["failing_since"]
     assert recovered["last_success"] is not None
     assert all(r["headers"]["webhook-id"].startswith("evt_") for r in posts(http_server, "/ops"))
     from click.testing import CliRunner

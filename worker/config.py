@@ -31,20 +31,20 @@ from worker.health import DEFAULT_FAILING_AFTER
 log = logging.getLogger("newsmon.config")
 DEFAULT_CONFIG_DIR = "schedules"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${VAR} or ${VAR:-default}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh])\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 
 
 def parse_duration(value: Any) -> float:
-    """``"30s"``, ``"5m"``, ``"2h"`` (or a number of seconds) to seconds."""
+    """``"30s"``, ``"5m"``, ``"2h"``, ``"2d"`` (or a number of seconds) to seconds."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m or 2h")
+        raise ValueError("expected a duration such as 30s, 5m, 2h or 2d")
     if isinstance(value, int | float):
         seconds = float(value)
     else:
         m = _DURATION.match(str(value))
         if not m:
-            raise ValueError(f"expected a duration such as 30s, 5m or 2h, got {value!r}")
-        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+            raise ValueError(f"expected a duration such as 30s, 5m, 2h or 2d, got {value!r}")
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
     if seconds <= 0:
         raise ValueError(f"expected a positive duration, got {value!r}")
     return seconds
