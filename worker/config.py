@@ -294,14 +294,15 @@ class ConfigWatcher:
         signature = self._stat()
         if signature == self._signature and self._good is not None:
             return self._good.config
-        self._signature = signature
+        # The signature is recorded only once its files are loaded (or rejected): a thread
+        # asking meanwhile loads them too rather than getting the old configuration.
         try:
             self._good = load_config(self.folder, self.env)
             self.error = None
         except ConfigError as exc:
             if self._good is None:
                 raise
+            log.error("configuration change rejected, keeping the last good one:\n%s", exc)
             self.error = exc
-            log.error(
-                "configuration change rejected, keeping the last good one:\n%s", exc)
+        self._signature = signature
         return self._good.config
