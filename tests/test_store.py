@@ -107,6 +107,22 @@ def test_story_keys_expire_after_the_retention_window(redis_url):
     s.r.close()
 
 
+def test_a_story_is_remembered_for_the_retention_window_after_its_last_copy(redis_url):
+    import time
+
+    s = Store.from_url(redis_url, retention_days=4.5 / 86400)  # 4 s
+    first = article("1" * 16, "https://one.example/1")
+    copies = [article(str(n) * 16, f"https://{n}.example/{n}",
+                      body=BODY + f" Analysts expect {n} more cargoes this quarter.")
+              for n in (2, 3)]
+    s.claim_story(first.id, story_keys(first), 1)
+    time.sleep(2.5)
+    assert s.claim_story(copies[0].id, story_keys(copies[0]), 2).story_id == first.id
+    time.sleep(2.5)  # 5 s after the first copy, 2.5 s after the last
+    assert s.claim_story(copies[1].id, story_keys(copies[1]), 3).story_id == first.id
+    s.r.close()
+
+
 def test_dump_sequence_is_stable_for_an_article(store):
     assert store.claim_seq("a" * 16, "2025-02-06") == 0
     assert store.claim_seq("b" * 16, "2025-02-06") == 1

@@ -44,7 +44,7 @@ from typing import Any
 
 import redis
 
-from worker.dedupe import THRESHOLD, StoryKeys, sig_to_hex
+from worker.dedupe import MAX_CANDIDATES, THRESHOLD, StoryKeys, sig_to_hex
 
 PREFIX = "newsmon:"
 STREAM_MAXLEN = 100_000
@@ -80,20 +80,27 @@ for _, k in ipairs(exact) do
 end
 local sig = ARGV[7]
 if not story then
-  local need, best, seen = tonumber(ARGV[8]), -1, {}
+  -- candidates: the MAX_CANDIDATES stories sharing the most bands (ties: smallest id)
+  local shared, cands = {}, {}
   for i = 11, #ARGV do
     for _, cand in ipairs(redis.call('SMEMBERS', p .. 'id:band:' .. ARGV[i])) do
-      if not seen[cand] then
-        seen[cand] = true
-        local other = redis.call('GET', p .. 'story:sig:' .. cand)
-        if other and #other == #sig then
-          local same = 0
-          for s = 1, #sig, 8 do
-            if string.sub(sig, s, s + 7) == string.sub(other, s, s + 7) then same = same + 1 end
-          end
-          if same >= need and same > best then best, story = same, cand end
-        end
+      if not shared[cand] then table.insert(cands, cand) end
+      shared[cand] = (shared[cand] or 0) + 1
+    end
+  end
+  table.sort(cands, function(a, b)
+    if shared[a] ~= shared[b] then return shared[a] > shared[b] end
+    return a < b
+  end)
+  local need, best = tonumber(ARGV[8]), -1
+  for c = 1, math.min(#cands, MAX_CANDIDATES) do
+    local other = redis.call('GET', p .. 'story:sig:' .. cands[c])
+    if other and #other == #sig then
+      local same = 0
+      for s = 1, #sig, 8 do
+        if string.sub(sig, s, s + 7) == string.sub(other, s, s + 7) then same = same + 1 end
       end
+      if same >= need and same > best then best, story = same, cands[c] end
     end
   end
 end
@@ -101,9 +108,15 @@ local new = '0'
 if story then
   redis.call('HINCRBY', p .. 'story:' .. story, 'copies', 1)
   redis.call('HINCRBY', p .. 'stats', 'duplicates', 1)
+  -- a story is remembered for the retention window after its last copy, not its first
+  redis.call('EXPIRE', p .. 'story:sig:' .. story, ttl)
+  for band in string.gmatch(redis.call('HGET', p .. 'story:' .. story, 'bands') or '', '%S+') do
+    redis.call('EXPIRE', p .. 'id:band:' .. band, ttl)
+  end
 else
   story, new = ARGV[3], '1'
-  redis.call('HSET', p .. 'story:' .. story, 'first_article', ARGV[2], 'created', ARGV[10], 'copies', 1)
+  redis.call('HSET', p .. 'story:' .. story, 'first_article', ARGV[2], 'created', ARGV[10], 'copies', 1,
+             'bands', table.concat(ARGV, ' ', 11))
   redis.call('SET', p .. 'story:sig:' .. story, sig, 'EX', ttl)
   for i = 11, #ARGV do
     redis.call('SADD', p .. 'id:band:' .. ARGV[i], story)
@@ -117,7 +130,7 @@ redis.call('HSET', art, 'story', story, 'new', new)
 redis.call('EXPIRE', art, ttl)
 redis.call('HINCRBY', p .. 'stats', 'articles', 1)
 return {story, new, '1'}
-"""
+""".replace("MAX_CANDIDATES", str(MAX_CANDIDATES))
 
 # The sequence number of an article's dump file: assigned once, the same on every retry.
 # ARGV: prefix, article id, day, force (1: the number taken is occupied by another file)
