@@ -115,8 +115,7 @@ def test_a_failing_feed_reports_once_when_it_turns_failing(sentry_env, http_serv
         assert done.returncode == 0, done.stderr.decode()
         time.sleep(1.1)
     [event] = events(http_server)
-    assert "health=failing" in event["logentry"]["formatted"] if "logentry" in event else \
-        "health=failing" in event["message"]
+    assert event["level"] == "error" and "health=failing" in json.dumps(event["logentry"])
     assert event["tags"]["feed"] == "wire" and event["tags"]["process"] == "run"
     assert event["environment"] == "ci" and event["release"].startswith("newsmon@")
     text = raw(http_server)
