@@ -5,6 +5,7 @@ Figures are for one process (one core) unless a line says otherwise.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import random
@@ -15,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -261,47 +263,56 @@ class _redis:
             self.server.stop()
 
 
+# -- loopback HTTP servers of the benchmarks ----------------------------------------------------
+class QuietHandler(BaseHTTPRequestHandler):
+    """A keep-alive handler without an access log; ``reply`` answers in one call."""
+
+    protocol_version = "HTTP/1.1"
+
+    def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def loopback_server(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """A threaded server on 127.0.0.1 (a free port) that copes with bursts of connections."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.request_queue_size = 256
+    return server
+
+
 # -- one poll cycle over many feeds --------------------------------------------------------------
 def _serve_feeds(port_queue: Any, n_feeds: int, changed_every: int) -> None:
     """A loopback feed server (own process): every ``changed_every``-th feed has 5 new items per
     cycle; the others answer 304 to a matching If-None-Match."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     cycle = {"n": 0}
     cache: dict[tuple[int, int], bytes] = {}
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             if self.path == "/next-cycle":
                 cycle["n"] += 1
-                return self._send(200, b"ok", {})
+                return self.reply(200, b"ok")
             i = int(self.path.strip("/").split("/")[-1])
             changed = i % changed_every == 0
             version = cycle["n"] if changed else 0
             etag = f'"{i}-{version}"'
             if self.headers.get("If-None-Match") == etag:
-                return self._send(304, b"", {"ETag": etag})
+                return self.reply(304, b"", {"ETag": etag})
             key = (i, version)
             if key not in cache:
                 cache[key] = rss_feed(5, seed=i, tag=f"c{version}-")
-            self._send(200, cache[key], {"ETag": etag, "Content-Type": "application/rss+xml"})
+            self.reply(200, cache[key], {"ETag": etag, "Content-Type": "application/rss+xml"})
 
-        def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.request_queue_size = 256
+    server = loopback_server(Handler)
     port_queue.put(server.server_address[1])
     server.serve_forever()
 
@@ -357,6 +368,8 @@ def run_benchmarks(quick: bool = False, only: set[str] | None = None) -> None:
         "parse": bench_parse, "match": bench_match, "dedupe": bench_dedupe, "poll": bench_poll,
         "latency": bench_latency, "deliver": bench_deliver,
     }
+    # The synthetic feeds' items are old, so every feed is stale: keep warnings out of the figures.
+    logging.getLogger("newsmon").setLevel(logging.ERROR)
     print(f"newsmon bench ({os.cpu_count()} cores; figures for one process unless stated)")
     for name, fn in parts.items():
         if not only or name in only:

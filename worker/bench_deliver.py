@@ -27,37 +27,25 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 def _receive(port_queue: Any) -> None:
     """A keep-alive receiver (own process): 204 to every POST, remembering when each
     webhook-id arrived; GET /received returns them."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from worker.bench import QuietHandler, loopback_server
 
     received: dict[str, float] = {}
     lock = threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             with lock:
                 received.setdefault(self.headers["webhook-id"], time.time())
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.reply(204)
 
         def do_GET(self) -> None:
             with lock:
                 body = json.dumps(received).encode()
                 received.clear()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(200, body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.request_queue_size = 256
+    server = loopback_server(Handler)
     port_queue.put(server.server_address[1])
     server.serve_forever()
 

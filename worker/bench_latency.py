@@ -11,33 +11,24 @@ import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import redis
 import yaml
 
-from worker.bench import _redis, rss_feed
+from worker.bench import QuietHandler, _redis, loopback_server, rss_feed
 
 
 def bench_latency(quick: bool) -> None:
     samples = 4 if quick else 20
     state = {"items": 1}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
-            body = rss_feed(state["items"], seed=7, tag="lat")
-            self.send_response(200)
-            self.send_header("Content-Type", "application/rss+xml")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(200, rss_feed(state["items"], seed=7, tag="lat"),
+                       {"Content-Type": "application/rss+xml"})
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = loopback_server(Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     with _redis() as url, tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config"
