@@ -6,14 +6,20 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from tests.deliveries import SECRET, posts, verified
 from tests.feeds import LNG_STORY, item, rss
+from tests.processes import wait_until
+from worker.cli import main
 from worker.config import ConfigError, load_config
 from worker.health import (
     DEGRADED,
@@ -148,10 +154,6 @@ def test_a_failing_feed_is_reported_once_and_its_recovery_too(tmp_path, redis_ur
     assert recovered["failing_since"] == failing["failing_since"]
     assert recovered["last_success"] is not None
     assert all(r["headers"]["webhook-id"].startswith("evt_") for r in posts(http_server, "/ops"))
-    from click.testing import CliRunner
-
-    from worker.cli import main
-
     env = {"REDIS_URL": redis_url, "NEWSMON_CONFIG": str(tmp_path / "config")}
     shown = CliRunner().invoke(main, ["alerts", "show", posts(http_server, "/ops")[0]["headers"]
                                       ["webhook-id"]], env=env)
@@ -195,15 +197,11 @@ def test_a_feed_silent_for_much_longer_than_its_rhythm_is_stale(tmp_path, redis_
                      "date": datetime.now(UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")})
     http_server.routes["/feed"] = (200, RSS, rss(items))
     assert poll(service, time.time())["stale"] == 0
-    assert json.loads(json.dumps(service.store.feed_state("wire")))["stale"] == "0"
+    assert service.store.feed_state("wire")["stale"] == "0"
 
 
 @pytest.mark.integration
 def test_status_shows_failing_and_stale_feeds(tmp_path, redis_url, http_server):
-    from click.testing import CliRunner
-
-    from worker.cli import main
-
     http_server.routes["/feed"] = (500, {}, b"broken")
     service = make_service(tmp_path, redis_url, http_server, failing_after="1h")
     now = time.time()
@@ -220,9 +218,6 @@ def test_status_shows_failing_and_stale_feeds(tmp_path, redis_url, http_server):
 
 # -- newsmon health ---------------------------------------------------------------------------
 def health(procs, *args: str, **env: str) -> tuple[int, str]:
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-m", "worker", "health", *args],
                           env={**procs.env, **env}, capture_output=True, text=True, timeout=60)
     return done.returncode, done.stdout.strip()
@@ -230,8 +225,6 @@ def health(procs, *args: str, **env: str) -> tuple[int, str]:
 
 @pytest.mark.integration
 def test_health_says_why_it_is_unhealthy_in_one_line(procs):
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
@@ -252,8 +245,6 @@ def test_health_is_ok_with_a_worker_and_beat_running(procs):
     (procs.config / "c.yaml").write_text("feeds: []\n")
     procs.worker()
     procs.beat()
-    from tests.processes import wait_until
-
     wait_until(lambda: health(procs)[0] == 0, 30, "newsmon health to pass")
     code, out = health(procs)
     assert out.startswith("healthy: Redis answers, beat ") and "1 worker(s) answered" in out

@@ -95,4 +95,4 @@ def _worker_ready(**_: object) -> None:
         from worker import metrics
         from worker.store import Store
 
-        metrics.serve(settings.metrics_port, lambda: Store.from_url(broker_url(settings)), QUEUES)
+        metrics.serve(settings.metrics_port, Store.from_url(broker_url(settings)), QUEUES)

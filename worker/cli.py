@@ -421,13 +421,12 @@ def alerts_show(config: str | None, as_json: bool, alert_id: str) -> None:
         record = Store.from_url(url).alert(alert_id)
     if record is None:
         raise click.ClickException(f"no alert {alert_id}")
+    attempts = [{**a, "at": _iso(a["at"]), "next": _iso(a.get("next"))}
+                for a in record["attempts"]]
     if "type" in record:  # a feed health event (evt_...): shown as JSON either way
-        record["attempts"] = [{**a, "at": _iso(a["at"]), "next": _iso(a.get("next"))}
-                              for a in record["attempts"]]
-        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+        click.echo(json.dumps({**record, "attempts": attempts}, indent=2, ensure_ascii=False))
         return
-    view = {**alert_view(record), "attempts": [
-        {**a, "at": _iso(a["at"]), "next": _iso(a.get("next"))} for a in record["attempts"]]}
+    view = {**alert_view(record), "attempts": attempts}
     if as_json:
         click.echo(json.dumps(view, indent=2, ensure_ascii=False))
         return

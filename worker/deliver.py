@@ -329,6 +329,13 @@ def remember_secrets(secrets: Iterable[str]) -> None:
             _secrets = tuple(sorted(set(_secrets) | set(secrets), key=len, reverse=True))
 
 
+def webhook_secrets(hook: WebhookConfig) -> list[str]:
+    """A webhook's URL (and its parts that may be tokens) and its signing secrets, longest
+    first (the order ``redact`` needs)."""
+    found = url_secrets(hook.url.get_secret_value()) + [s.get_secret_value() for s in hook.secret]
+    return sorted(found, key=len, reverse=True)
+
+
 def known_secrets() -> tuple[str, ...]:
     """Every secret string seen so far (longest first): for scrubbing logs and error reports."""
     return _secrets
@@ -337,10 +344,7 @@ def known_secrets() -> tuple[str, ...]:
 def config_secrets(config: Config) -> list[str]:
     """The secret strings of a configuration: webhook URLs and their parts, webhook secrets,
     notification URLs' tokens."""
-    out: list[str] = []
-    for hook in config.webhooks.values():
-        out += url_secrets(hook.url.get_secret_value())
-        out += [s.get_secret_value() for s in hook.secret]
+    out = [secret for hook in config.webhooks.values() for secret in webhook_secrets(hook)]
     for watchlist in config.watchlists:
         for url in watchlist.notify:
             out += url_secrets(url.get_secret_value())
@@ -428,10 +432,8 @@ def resolve_destination(config: Config, label: str, watchlist: str) -> Destinati
         hook = config.webhooks.get(rest)
         if hook is None:
             return f"webhook {rest!r} is no longer configured"
-        secrets = [hook.url.get_secret_value(), *(s.get_secret_value() for s in hook.secret)]
-        secrets += url_secrets(hook.url.get_secret_value())
-        return Destination(label, tuple(hook.retry or DEFAULT_SCHEDULE), tuple(secrets),
-                           webhook=hook, webhook_name=rest)
+        return Destination(label, tuple(hook.retry or DEFAULT_SCHEDULE),
+                           tuple(webhook_secrets(hook)), webhook=hook, webhook_name=rest)
     wl = next((w for w in config.watchlists if w.name == watchlist), None)
     urls = [u.get_secret_value() for u in (wl.notify if wl else [])]
     url = next((u for u in urls if notify_dest(u) == label), None)
@@ -556,6 +558,6 @@ def ping_webhook(fetcher: Fetcher, name: str, hook: WebhookConfig, now: float,
                           [s.get_secret_value() for s in hook.secret], now)
     if attempt.error is None:
         return attempt
-    secrets = [hook.url.get_secret_value(), *url_secrets(hook.url.get_secret_value())]
-    error = type(attempt.error)(redact(attempt.error.reason, secrets), attempt.error.status)
+    error = type(attempt.error)(redact(attempt.error.reason, webhook_secrets(hook)),
+                                attempt.error.status)
     return Attempt(attempt.status, error, attempt.retry_after, attempt.latency, attempt.response)

@@ -19,6 +19,10 @@ import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.store import Store
 
 log = logging.getLogger("newsmon.metrics")
 
@@ -51,6 +55,7 @@ _multiprocess_dir()
 
 from prometheus_client import Counter, Histogram  # noqa: E402  (after the folder is chosen)
 from prometheus_client.core import GaugeMetricFamily  # noqa: E402
+from prometheus_client.registry import Collector  # noqa: E402
 
 _LATENCY = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 FETCHES = Counter("newsmon_fetches_total", "Feed fetches by outcome", ["outcome"])
@@ -70,12 +75,12 @@ HEALTH_CHANGES = Counter("newsmon_feed_health_changes_total",
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
-class ClusterCollector:
+class ClusterCollector(Collector):
     """Gauges read from Redis at scrape time: the same figures on every worker, so aggregate
     them with max(), not sum()."""
 
-    def __init__(self, store_factory: object, queues: tuple[str, ...]):
-        self.store_factory = store_factory
+    def __init__(self, store: Store, queues: tuple[str, ...]):
+        self.store = store
         self.queues = queues
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -85,7 +90,7 @@ class ClusterCollector:
             log.warning("cluster metrics unavailable: %s", exc)
 
     def _collect(self) -> Iterator[GaugeMetricFamily]:
-        store = self.store_factory()  # type: ignore[operator]
+        store = self.store
         now = time.time()
         depth = GaugeMetricFamily("newsmon_queue_depth", "Tasks waiting in a Celery queue",
                                   labels=["queue"])
@@ -119,7 +124,7 @@ class ClusterCollector:
                                     value=max(0.0, now - beat))
 
 
-def serve(port: int, store_factory: object, queues: tuple[str, ...]) -> None:
+def serve(port: int, store: Store, queues: tuple[str, ...]) -> None:
     """Serve /metrics on ``port`` from this process: every process's counters plus the
     cluster gauges. A port already taken is logged, not fatal: the work goes on."""
     from prometheus_client import CollectorRegistry, start_http_server
@@ -127,7 +132,7 @@ def serve(port: int, store_factory: object, queues: tuple[str, ...]) -> None:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    registry.register(ClusterCollector(store_factory, queues))  # type: ignore[arg-type]
+    registry.register(ClusterCollector(store, queues))
     try:
         start_http_server(port, registry=registry)
     except OSError as exc:

@@ -24,6 +24,7 @@ DENYLIST = ["secret", "secrets", "signing_key", "keys", "key", "webhook_signatur
             "webhook-signature", "signature", "whsec", "dsn", "sentry_dsn", "redis_url",
             "broker_url", "url_secrets", "authorization", "proxy-authorization", "cookie",
             "password", "token"]
+_DENIED = {k.replace("-", "_") for k in DENYLIST}
 _PATTERNS = (
     # scheme://user:password@host -> scheme://[Filtered]@host
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@"), rf"\1{FILTERED}@"),
@@ -54,9 +55,6 @@ def _scrub(node: Any) -> Any:
 
 def _denied(key: Any) -> bool:
     return isinstance(key, str) and key.lower().replace("-", "_") in _DENIED
-
-
-_DENIED = {k.replace("-", "_") for k in DENYLIST}
 
 
 def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -132,9 +132,9 @@ class Service:
         fresh = [c for c in claims if "|" not in c.member]
         if not fresh:
             return ready
-        lists = {w.name: w for w in self.config().watchlists}
-        stories = self.store.alert_stories([c.member for c in fresh])
         config = self.config()
+        lists = {w.name: w for w in config.watchlists}
+        stories = self.store.alert_stories([c.member for c in fresh])
         health = [f"webhook:{config.health_webhook}"] if config.health_webhook else []
         for claim, story in zip(fresh, stories, strict=True):
             # watchlist "": a feed health event, for the health webhook (if one is configured)
