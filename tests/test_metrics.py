@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import httpx
@@ -17,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.deliveries import SECRET
 from tests.feeds import LNG_STORY, RICE_STORY, item, rss
 from tests.processes import Processes, wait_until
+from worker.metrics import ClusterCollector
+from worker.store import Store
 
 pytestmark = pytest.mark.integration
 RSS = {"Content-Type": "application/rss+xml"}
@@ -143,3 +146,32 @@ def test_json_logs_of_run_once(procs, http_server):
                if not line.startswith("feed down failed")]
     failed = [r for r in records if r.get("feed") == "down" and r["level"] == "WARNING"]
     assert failed and "outcome=failed" in failed[0]["message"]
+
+
+def test_cluster_gauges_are_derived_from_the_feed_states_in_redis(redis_url):
+    store = Store.from_url(redis_url)
+    now = time.time()
+    store.sync_feeds(["a", "b", "c", "d", "gone"], now)
+    for name, health, stale, outcome in (("a", "healthy", "0", "ok"),
+                                         ("b", "healthy", "1", "not modified"),
+                                         ("c", "degraded", "0", "failed"),
+                                         ("d", "failing", "0", "failed")):
+        store.r.hset(f"newsmon:feed:{name}", mapping={"health": health, "stale": stale,
+                                                      "outcome": outcome})
+    store.r.hset("newsmon:feed:removed", mapping={"health": "failing"})  # not configured
+    store.r.zadd("newsmon:outbox", {"x": now - 1, "y": now + 60, "z": now + 90})
+    store.r.zadd("newsmon:dead", {"w|webhook:desk": now})
+    store.mark_beat(now - 5)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in ClusterCollector(store, ("fetch",)).collect()
+               for s in family.samples}
+    assert value(samples, "newsmon_feeds", health="healthy") == 3  # "gone" never fetched
+    assert value(samples, "newsmon_feeds", health="degraded") == 1
+    assert value(samples, "newsmon_feeds_failing") == 1
+    assert value(samples, "newsmon_feeds_stale") == 1
+    assert value(samples, "newsmon_feeds_not_modified_ratio") == 0.5  # of the feeds fetched fine
+    assert (value(samples, "newsmon_outbox_due"), value(samples, "newsmon_outbox_waiting"),
+            value(samples, "newsmon_outbox_dead")) == (1, 2, 1)
+    assert value(samples, "newsmon_queue_depth", queue="fetch") == 0
+    assert 5 <= value(samples, "newsmon_beat_age_seconds") < 10
+    store.r.close()
