@@ -21,7 +21,7 @@ import click
 from worker import __version__, embedded
 from worker.config import Config, FeedConfig, load_config
 from worker.errors import ConfigError, DumpFormatError, FetchError, NotAFeedError
-from worker.fetch import redact_url
+from worker.redact import redact_std_streams, redact_url, remember, url_outline
 from worker.settings import Settings
 
 log = logging.getLogger("newsmon")
@@ -45,11 +45,16 @@ def _settings(config: str | None = None) -> Settings:
 
 
 def _load(settings: Settings) -> Config:
+    """The configuration; its secrets are masked in all output from now on."""
+    from worker.deliver import config_secrets
+
     try:
-        return load_config(settings.config_dir).config
+        config = load_config(settings.config_dir).config
     except ConfigError as exc:
         click.echo(f"invalid configuration:\n{exc}", err=True)
         sys.exit(1)
+    remember(config_secrets(config))
+    return config
 
 
 @contextlib.contextmanager
@@ -70,6 +75,7 @@ def _redis(settings: Settings) -> Iterator[str]:
 @click.version_option(__version__, prog_name="newsmon")
 def main() -> None:
     """newsmon: monitor news feeds, deduplicate stories, alert on watchlists."""
+    redact_std_streams()  # no credential in anything a command prints
 
 
 # -- offline tools ----------------------------------------------------------------------------
@@ -171,17 +177,31 @@ def check(config: str | None) -> None:
     click.echo(f"configuration {settings.config_dir}: OK")
     click.echo(f"feeds: {len(cfg.feeds)}")
     for f in cfg.feeds:
-        click.echo(f"  {f.name}  {f.url}  every {f.every:g}s  full_text {f.full_text}"
+        click.echo(f"  {f.name}  {redact_url(f.url)}  every {f.every:g}s  full_text {f.full_text}"
                    + (f"  timezone {f.timezone}" if f.timezone else ""))
     click.echo(f"webhooks: {len(cfg.webhooks)}")
     for name, hook in cfg.webhooks.items():
-        click.echo(f"  {name}  {redact_url(hook.url.get_secret_value())}  "
+        click.echo(f"  {name}  {url_outline(hook.url.get_secret_value())}  "
                    f"secrets {len(hook.secret)} (***)")
     click.echo(f"watchlists: {len(cfg.watchlists)}  terms: {matcher.term_count}")
     for w in cfg.watchlists:
+        notify = [url_outline(u.get_secret_value(), host=False) for u in w.notify]
         click.echo(f"  {w.name}  match {w.match}  entities {len(w.entities)}  "
-                   f"webhook {w.webhook or '-'}"
-                   + (f"  notify {len(w.notify)} (***)" if w.notify else ""))
+                   f"webhook {w.webhook or '-'}" + (f"  notify {' '.join(notify)}" if notify else ""))
+    problems = notify_problems(cfg)
+    if problems:
+        click.echo("invalid configuration:\n" + "\n".join(problems), err=True)
+        sys.exit(1)
+
+
+def notify_problems(cfg: Config) -> list[str]:
+    """Notification URLs newsmon cannot send to (unknown or unsupported scheme), each naming
+    its watchlist and scheme."""
+    from worker.deliver import notify_scheme_problem
+
+    return [f"watchlists[{i}].notify[{j}] (watchlist {w.name!r}): {problem}"
+            for i, w in enumerate(cfg.watchlists) for j, url in enumerate(w.notify)
+            if (problem := notify_scheme_problem(url.get_secret_value()))]
 
 
 # -- the service --------------------------------------------------------------------------------

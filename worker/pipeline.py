@@ -17,7 +17,7 @@ from worker.config import FeedConfig
 from worker.dedupe import canonical_url, story_keys
 from worker.dump import dump_of, dump_path, place_dump, render_dump
 from worker.errors import FetchError, NotAFeedError
-from worker.fetch import Fetcher, redact_url
+from worker.fetch import Fetcher
 from worker.health import FAILING, Health, health_event, is_stale, next_health, rhythm, stale_threshold
 from worker.match import Matcher, match_article
 from worker.models import Article, FeedEntry, ParsedFeed, WatchlistHit
@@ -30,6 +30,7 @@ from worker.normalize import (
     normalize_entry,
 )
 from worker.parse import parse_feed
+from worker.redact import redact_url
 from worker.schedule import next_due_after_failure, next_due_after_success
 from worker.store import Store
 
