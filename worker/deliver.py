@@ -272,8 +272,8 @@ LOCAL_SCHEMES = frozenset({"syslog", "dbus", "qt", "kde", "glib", "gio", "gnome"
 def notify_scheme_problem(url: str) -> str | None:
     """Why an Apprise URL cannot be used by newsmon (checked by ``newsmon check`` and before
     every send), or None."""
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
-    if not scheme:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]*", scheme):
         return "expected an Apprise URL such as ntfy://host/topic"
     if scheme in LOCAL_SCHEMES:
         return (f"scheme {scheme}:// is not supported: it notifies this machine through a "
@@ -338,7 +338,7 @@ def send_notification(url: str, title: str, body: str, allowed: Sequence[IPNetwo
     started = time.monotonic()
     secrets = notify_secrets(url)
     remember(secrets)
-    scheme = urlsplit(url).scheme or "unknown"
+    scheme = url.split("://", 1)[0] if "://" in url else "unknown"
     problem = notify_scheme_problem(url)
     if problem:
         return Attempt(None, PermanentDeliveryError(problem), None, 0.0)
@@ -514,11 +514,12 @@ def _give_up(store: Store, claim: DeliveryClaim, label: str, reason: str,
 
 def ping_webhook(fetcher: Fetcher, name: str, hook: WebhookConfig, now: float,
                  msg_id: str) -> Attempt:
-    """Send a signed ``ping`` event to a webhook (``newsmon webhook test``)."""
+    """Send a signed ``ping`` event to a webhook (``newsmon webhook test``); its reason and
+    the receiver's answer come back redacted (an error page may echo the URL's token)."""
     attempt = post_signed(fetcher, hook.url.get_secret_value(), msg_id, ping_payload(name, now),
                           [s.get_secret_value() for s in hook.secret], now)
-    if attempt.error is None:
-        return attempt
-    error = type(attempt.error)(redact(attempt.error.reason, webhook_secrets(hook)),
-                                attempt.error.status)
-    return Attempt(attempt.status, error, attempt.retry_after, attempt.latency, attempt.response)
+    secrets = webhook_secrets(hook)
+    error = attempt.error and type(attempt.error)(redact(attempt.error.reason, secrets),
+                                                  attempt.error.status)
+    return Attempt(attempt.status, error, attempt.retry_after, attempt.latency,
+                   redact(attempt.response, secrets))
