@@ -56,6 +56,15 @@ def _value(name: str, token: dict[str, Any], host: str, port: int,
     return example(rule[0], flags) or CANDIDATES[0]
 
 
+def _fill(template: str, scheme: str, host: str, port: int,
+          tokens: dict[str, dict[str, Any]]) -> str:
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1)
+        return scheme if name == "schema" else _value(name, tokens.get(name, {}), host, port, tokens)
+
+    return re.sub(r"\{(\w+)\}", value, template)
+
+
 def schemes(skip: frozenset[str] = frozenset()) -> list[str]:
     """Every scheme of every enabled Apprise plugin."""
     out = set()
@@ -78,10 +87,8 @@ def urls(host: str, port: int, skip: frozenset[str] = frozenset()) -> dict[str, 
                 continue
             out[scheme] = None
             tries = [BY_HAND[scheme]] if scheme in BY_HAND else []
-            for name in (host, "example.com"):
-                tries += [re.sub(r"\{(\w+)\}", lambda m, n=name, s=scheme: s if m.group(1) == "schema"
-                                 else _value(m.group(1), tokens.get(m.group(1), {}), n, port, tokens),
-                                 t) for t in templates]
+            tries += [_fill(t, scheme, name, port, tokens)
+                      for name in (host, "example.com") for t in templates]
             for url in tries:
                 url = url.format(host=host, port=port) if "{" in url else url
                 if apprise.Apprise.instantiate(url) is not None:

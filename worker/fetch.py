@@ -30,6 +30,7 @@ import httpcore
 import httpx
 
 from worker import USER_AGENT
+from worker.config import url_problem
 from worker.errors import ConfigError, FetchError, PermanentFetchError, TransientFetchError
 from worker.redact import redact_url
 
@@ -43,6 +44,7 @@ FEED_ACCEPT = (
 # common ones cannot bound the output of a single chunk.
 ACCEPT_ENCODING = "gzip, deflate"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_LOCATION = "newsmon_location"  # where a response's Location header is kept (see _set_location_aside)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -606,6 +608,7 @@ class Fetcher:
             # Feeds must not see each other's cookies through the shared client.
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
             follow_redirects=False,  # followed by hand in get(), with the guard on each hop
+            event_hooks={"response": [_set_location_aside]},
             trust_env=False,  # no proxies or certificates from the environment
         )
 
@@ -669,7 +672,7 @@ class Fetcher:
             body = _read_prefix(response, max_body)
             return PostResult(
                 status=response.status_code,
-                headers=dict(response.headers),
+                headers={**response.headers, **_location_of(response)},
                 body=body,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
                 elapsed=time.monotonic() - started,
@@ -748,15 +751,30 @@ class Fetcher:
             slot.release()
 
 
+def _set_location_aside(response: httpx.Response) -> None:
+    """Move Location out of the headers into ``extensions``: httpx parses it to build the next
+    request even when it follows no redirect, and a garbage Location would then fail the
+    whole exchange as a protocol error. Here it is data, judged by ``_redirect_target``."""
+    location = response.headers.get("location")
+    if location is not None:
+        del response.headers["location"]
+        response.extensions = {**response.extensions, _LOCATION: location}
+
+
+def _location_of(response: httpx.Response) -> dict[str, str]:
+    location = response.extensions.get(_LOCATION)
+    return {"location": location} if isinstance(location, str) else {}
+
+
 def _redirect_target(response: httpx.Response) -> str | None:
     """The absolute URL a redirect points to (its body is never read), or None."""
     if response.status_code not in _REDIRECT_STATUSES:
         return None
-    location = header_text(response.headers.get("location"))
+    location = header_text(response.extensions.get(_LOCATION))
     try:
-        target = response.url.join(location.strip()) if location else None
+        target = str(response.url.join(location.strip())) if location else None
     except (httpx.InvalidURL, UnicodeError, ValueError):
-        target = None  # garbage is no Location
-    if target is None:
+        target = None  # garbage is no Location (another scheme is refused by _checked_url)
+    if target is None or (target.startswith(("http:", "https:")) and url_problem(target)):
         raise PermanentFetchError(f"HTTP {response.status_code} redirect without a usable Location")
-    return str(target)
+    return target
