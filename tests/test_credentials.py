@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import redis
@@ -109,7 +108,7 @@ def redis_dump(url: str) -> str:
         kind = r.type(key)
         value = {"string": r.get, "hash": r.hgetall, "list": lambda k: r.lrange(k, 0, -1),
                  "set": r.smembers, "zset": lambda k: r.zrange(k, 0, -1, withscores=True),
-                 "stream": lambda k: r.xrange(k)}.get(kind, lambda k: kind)(key)
+                 "stream": lambda k: r.xrange(k)}.get(kind, lambda k, t=kind: t)(key)
         out.append(f"{key} {value}")
     r.close()
     return "\n".join(out)
