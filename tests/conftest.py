@@ -7,6 +7,7 @@ temporary folder, without persistence, and stops it at the end.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import settings
 
 from tests.processes import Processes
 from worker.embedded import EmbeddedRedis
@@ -107,3 +109,12 @@ def procs(tmp_path: Path, redis_url: str) -> Iterator[Processes]:
     p = Processes(tmp_path, redis_url)
     yield p
     p.stop_all()
+
+
+# Property-based tests (tests/test_properties.py) run a fixed budget, the same examples every
+# run (derandomized, no example database), so CI is stable; HYPOTHESIS_PROFILE=explore searches
+# further with fresh random examples.
+settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True,
+                          database=None, print_blob=True)
+settings.register_profile("explore", max_examples=5000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import idna
 import yaml
 from pydantic import (
     BaseModel,
@@ -60,26 +61,35 @@ def url_problem(url: str, schemes: tuple[str, ...] = ("http", "https")) -> str |
     DNS name or an IP address), the port (1-65535), no spaces or control characters."""
     if _CONTROL_OR_SPACE.search(url):
         return "a URL may not contain spaces or control characters"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed [ of an IPv6 address
+        return "not a valid URL (an IPv6 address must be written [address])"
     if parts.scheme.lower() not in schemes:
         return f"expected an http(s) URL, got scheme {parts.scheme or 'none'!r}"
     try:
         port = parts.port
+        host = parts.hostname or ""
     except ValueError:
         return f"port {parts.netloc.rpartition(':')[2]!r} is not a port number (1-65535)"
     if port == 0:
         return "port 0 is not a port number (1-65535)"
-    host = parts.hostname or ""
     if not host:
         return "the URL has no host"
-    if not (_HOST_NAME.fullmatch(host) or _ip_literal(host)):
-        try:
-            host.encode("idna")
-        except UnicodeError:
-            return f"host {host!r} is not a valid host name"
-        if not _HOST_NAME.fullmatch(host.encode("idna").decode("ascii")):
-            return f"host {host!r} is not a valid host name"
-    return None
+    if _HOST_NAME.fullmatch(host):
+        return None
+    hostport = parts.netloc.rpartition("@")[2]
+    if hostport.startswith("["):
+        literal = re.fullmatch(r"\[([^\]]*)\](:[0-9]*)?", hostport)
+        return None if literal and _ip_literal(literal.group(1)) else (
+            "not a valid URL (an IPv6 address must be written [address] or [address]:port)")
+    if _ip_literal(host):
+        return None
+    try:  # an internationalised name, as the HTTP client will encode it (IDNA 2008)
+        ascii_host = idna.encode(host.lower()).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return f"host {host!r} is not a valid host name"
+    return None if _HOST_NAME.fullmatch(ascii_host) else f"host {host!r} is not a valid host name"
 
 
 def _ip_literal(host: str) -> bool:

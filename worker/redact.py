@@ -36,10 +36,10 @@ SECRET_NAME = re.compile(
     r"^code$|^sid$|^hash$", re.IGNORECASE)
 
 _NAME = r"[A-Za-z0-9_.\-\[\]]*"
-_VALUE_END = r"&#\s'\"<>"
+_VALUE_END = r"&#\s\"<>"
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # scheme://user:password@host -> scheme://***@host (a userinfo never holds / ? # @ or space)
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#\s@'\"<>]+@"), rf"\1{MASK}@"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#\s@\"<>]+@"), rf"\1{MASK}@"),
     (re.compile(r"whsec_[A-Za-z0-9+/=_\-]+"), f"whsec_{MASK}"),
     (re.compile(r"\bv1,[A-Za-z0-9+/]{20,}={0,2}"), f"v1,{MASK}"),
     (re.compile(r"(?i)\b(Bearer)\s+(?!\*\*\*)[A-Za-z0-9._~+/=\-]+"), rf"\1 {MASK}"),
