@@ -20,6 +20,7 @@ import redis
 from hypothesis import settings
 
 from tests.processes import Processes
+from worker import redact
 from worker.embedded import EmbeddedRedis
 
 DATA = Path(__file__).parent / "data"
@@ -109,6 +110,12 @@ def procs(tmp_path: Path, redis_url: str) -> Iterator[Processes]:
     p = Processes(tmp_path, redis_url)
     yield p
     p.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _forget_known_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no remembered secrets, as a process starts (worker/redact.py)."""
+    monkeypatch.setattr(redact, "_known", ())
 
 
 # Property-based tests (tests/test_properties.py) run a fixed budget, the same examples every

@@ -6,9 +6,12 @@ URLs into the redaction, arbitrary header values into the header parsers."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import string
 from datetime import datetime
+from urllib.parse import urlsplit
 
+import httpx
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -75,8 +78,6 @@ JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
                            ["id", "url", "title", "content_html", "content_text",
                             "date_published", "authors", "summary"]), JSON_VALUES), max_size=3))
 def test_arbitrary_json_feeds_never_crash_the_parser(top, items):
-    import json
-
     document = {"version": "https://jsonfeed.org/version/1.1", **top, "items": items}
     _no_crash(json.dumps(document).encode(), "application/feed+json")
 
@@ -178,9 +179,6 @@ def test_url_validation_never_raises_and_what_it_accepts_is_usable(url):
     if problem is not None:
         assert isinstance(problem, str)
         return
-    import httpx
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     assert parts.scheme.lower() in ("http", "https") and parts.hostname
     assert parts.port is None or 1 <= parts.port <= 65535

@@ -173,6 +173,10 @@ def check(config: str | None) -> None:
 
     settings = _settings(config)
     cfg = _load(settings)
+    problems = notify_problems(cfg)
+    if problems:
+        click.echo("invalid configuration:\n" + "\n".join(problems), err=True)
+        sys.exit(1)
     matcher = compile_watchlists(cfg.watchlists)
     click.echo(f"configuration {settings.config_dir}: OK")
     click.echo(f"feeds: {len(cfg.feeds)}")
@@ -188,10 +192,6 @@ def check(config: str | None) -> None:
         notify = [url_outline(u.get_secret_value(), host=False) for u in w.notify]
         click.echo(f"  {w.name}  match {w.match}  entities {len(w.entities)}  "
                    f"webhook {w.webhook or '-'}" + (f"  notify {' '.join(notify)}" if notify else ""))
-    problems = notify_problems(cfg)
-    if problems:
-        click.echo("invalid configuration:\n" + "\n".join(problems), err=True)
-        sys.exit(1)
 
 
 def notify_problems(cfg: Config) -> list[str]:

@@ -97,15 +97,18 @@ def url_secrets(url: str, host_is_secret: bool = False) -> list[str]:
     look like tokens, the fragment; with ``host_is_secret`` (Apprise URLs whose "host" is
     often a token) the host."""
     parts = urlsplit(url)
-    found = [url, parts.netloc.rpartition("@")[0], parts.username or "", parts.password or ""]
+    found = [parts.netloc.rpartition("@")[0], parts.username or "", parts.password or ""]
+    if len(url.partition("://")[2]) >= MIN_SECRET:  # not a bare "dbus://"
+        found.append(url)
     for name, _, value in (q.partition("=") for q in parts.query.split("&")):
         if SECRET_NAME.search(unquote(name)) or _token_like(unquote(value)):
             found.append(value)
     found += [seg for seg in parts.path.split("/") if _token_like(unquote(seg))]
     if _token_like(parts.fragment):
         found.append(parts.fragment)
-    if host_is_secret:
-        found.append(parts.netloc.rpartition("@")[2].partition(":")[0])  # as written, not lowered
+    host = parts.netloc.rpartition("@")[2].partition(":")[0]  # as written, not lowered
+    if host_is_secret and _token_like(host):
+        found.append(host)
     found += [unquote(s) for s in found]
     return sorted({s for s in found if len(s) >= MIN_SECRET}, key=len, reverse=True)
 
