@@ -462,3 +462,14 @@ def _has_words(text: str, words: str) -> bool:
             return True
         at = text.find(words, at + 1)
     return False
+
+
+def attribute_names(node: Node) -> set[str]:
+    """The attributes (``source``, ``feed``, ``lang``) a query tests."""
+    if isinstance(node, Attribute):
+        return {node.name}
+    if isinstance(node, Not | AtLeast):
+        return attribute_names(node.child)
+    if isinstance(node, And | Or):
+        return set().union(*(attribute_names(c) for c in node.children))
+    return set()                    # Term, Near: words only
