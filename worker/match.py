@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -69,6 +69,7 @@ _NO_SPACE_CLASS = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in _NO_SPACE_RANGES)
 # A word, for NEAR's count: a run of non-space characters holding a letter or digit, or one
 # character of a spaceless script (there every character counts as a word).
 _WORD = re.compile(rf"[{_NO_SPACE_CLASS}]|[^\s{_NO_SPACE_CLASS}]*[^\W_][^\s{_NO_SPACE_CLASS}]*")
+_WORD_BREAK = re.compile(rf"[\s{_NO_SPACE_CLASS}]")
 
 
 def _in_spaceless_script(char: str) -> bool:
@@ -333,7 +334,7 @@ class Matcher:
                 continue
             watchlist = self._watchlists[index]
             if watchlist.query is None:
-                hit = _hit(watchlist, found[index])
+                hit = _hit(watchlist, found[index], facts.snippets)
             else:
                 hit = _query_hit(watchlist, found.get(index, []), facts)
             if hit is not None:
@@ -356,7 +357,7 @@ class _Facts:
         self.source, self.feed = source, feed
         self._title, self._body, self._haystacks = title, body, haystacks
         self._language = language
-        self._word_starts: dict[str, list[int]] = {}
+        self.snippets: dict[tuple[str, int, int], str] = {}    # shared by the hits
 
     @property
     def language(self) -> str:
@@ -364,12 +365,19 @@ class _Facts:
             self._language = detect_language(self._title, self._body)
         return self._language
 
-    def words_between(self, field: str, stop: int, start: int) -> int:
-        starts = self._word_starts.get(field)
-        if starts is None:
-            text = self._haystacks[field].folded.text
-            starts = self._word_starts[field] = [m.start() for m in _WORD.finditer(text)]
-        return max(0, bisect_left(starts, start) - bisect_left(starts, stop))
+    def words_between(self, field: str, stop: int, start: int, most: int) -> int:
+        text = self._haystacks[field].folded.text
+        if stop < start and not _WORD_BREAK.match(text[stop]):
+            # The term ended inside a longer run ("Japan" of "Japan's"): the rest of the run
+            # is not a word between.
+            end = _WORD_BREAK.search(text, stop, start)
+            stop = end.start() if end else start
+        count = 0
+        for _ in _WORD.finditer(text, stop, start):    # counts no further than needed
+            count += 1
+            if count > most:
+                break
+        return count
 
 
 def _whole_words(automaton: _Automaton, haystack: _Haystack) -> Iterator[tuple[_Target, int, int]]:
@@ -389,11 +397,12 @@ def _whole_words(automaton: _Automaton, haystack: _Haystack) -> Iterator[tuple[_
                 yield target, start, stop
 
 
-def _hit(watchlist: _Watchlist, occurrences: list[_Occurrence]) -> WatchlistHit | None:
+def _hit(watchlist: _Watchlist, occurrences: list[_Occurrence],
+         snippets: dict[tuple[str, int, int], str]) -> WatchlistHit | None:
     matched = {o.target.entity for o in occurrences}
     if watchlist.require_all and len(matched) < len(watchlist.entities):
         return None
-    return _report(watchlist, occurrences)
+    return _report(watchlist, occurrences, snippets)
 
 
 def _query_hit(watchlist: _Watchlist, occurrences: list[_Occurrence],
@@ -405,11 +414,13 @@ def _query_hit(watchlist: _Watchlist, occurrences: list[_Occurrence],
     holds, witnesses = evaluate(watchlist.query, by_term, facts)
     if not holds:
         return None
-    return _report(watchlist, witnesses)  # type: ignore[arg-type]  # they are _Occurrences
+    return _report(watchlist, witnesses, facts.snippets)  # type: ignore[arg-type]
 
 
-def _report(watchlist: _Watchlist, occurrences: Sequence[_Occurrence]) -> WatchlistHit:
-    """The hit: every occurrence once per entity and position, title first, then by offset."""
+def _report(watchlist: _Watchlist, occurrences: Sequence[_Occurrence],
+            snippets: dict[tuple[str, int, int], str]) -> WatchlistHit:
+    """The hit: every occurrence once per entity and position, title first, then by offset.
+    ``snippets`` keeps the sentences already cut for this article (10 µs each)."""
     matches: dict[tuple[str, str, int, int], tuple[int, Match]] = {}
     for o in occurrences:
         start, end = o.normalized.original_span(o.start, o.stop)
@@ -417,10 +428,13 @@ def _report(watchlist: _Watchlist, occurrences: Sequence[_Occurrence]) -> Watchl
         name = watchlist.entities[slot]
         key = (name, o.field, start, end)
         # Terms of one entity that normalize alike ("US" and "us") find the same text once.
-        if key not in matches:
-            matches[key] = (slot, Match(
-                entity=name, term=o.target.term, field=o.field,
-                start=start, end=end, snippet=sentence_snippet(o.text, start, end)))
+        if key in matches:
+            continue
+        place = (o.field, start, end)
+        if place not in snippets:
+            snippets[place] = sentence_snippet(o.text, start, end)
+        matches[key] = (slot, Match(entity=name, term=o.target.term, field=o.field,
+                                    start=start, end=end, snippet=snippets[place]))
     ordered = sorted(matches.values(),
                      key=lambda em: (em[1].field != "title", em[1].start, em[1].end, em[0]))
     slots = sorted({slot for slot, _ in matches.values()})

@@ -361,8 +361,9 @@ class Facts(Protocol):
     @property
     def language(self) -> str: ...
 
-    def words_between(self, field: str, stop: int, start: int) -> int:
-        """How many words lie wholly between ``stop`` and ``start`` in the field."""
+    def words_between(self, field: str, stop: int, start: int, most: int) -> int:
+        """How many words lie between ``stop`` and ``start`` in the field; it may stop
+        counting past ``most``."""
         ...
 
 
@@ -434,9 +435,9 @@ def _spans(node: Node, found: Found, facts: Facts) -> list[_Span]:
                 continue
             # Overlapping occurrences are one place in the text, not two near each other.
             if a.stop <= b.start:
-                gap = facts.words_between(a.field, a.stop, b.start)
+                gap = facts.words_between(a.field, a.stop, b.start, node.distance)
             elif not node.ordered and b.stop <= a.start:
-                gap = facts.words_between(a.field, b.stop, a.start)
+                gap = facts.words_between(a.field, b.stop, a.start, node.distance)
             else:
                 continue
             if gap <= node.distance:
