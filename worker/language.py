@@ -26,15 +26,10 @@ def _model() -> LanguageIdentifier:
 
 
 def detect_language(title: str, body: str) -> str:
-    """The ISO 639-1 code of the text's language (``en``, ``ja``), or "" for a text without
-    letters."""
+    """The code of the text's language: ISO 639-1 where one exists (``en``, ``ja``), else
+    ISO 639-3 (``ary``); "" for a text without letters."""
     text = f"{title}\n{body[:SAMPLE]}"
     if not any(c.isalpha() for c in text):
         return ""
     return str(_model().classify(text)[0])
-
-
-def languages() -> tuple[str, ...]:
-    """Every code ``detect_language`` can answer."""
-    return tuple(str(code) for code in _model().nb_classes)
 
