@@ -7,14 +7,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
+from tests.feeds import LNG_STORY, RICE_STORY, item, rss
 from worker.cli import main
 from worker.config import ConfigWatcher, FeedConfig, WatchlistConfig, load_config
 from worker.errors import ConfigError, QuerySyntaxError
 from worker.match import compile_watchlists, match_article
 from worker.models import Article
 from worker.query import And, AtLeast, Attribute, Near, Not, Or, Term, needs_hit, parse_query
+from worker.service import Service
+from worker.settings import Settings
 
 ENTITIES = [{"name": "LNG", "aliases": ["liquefied natural gas"]},
             {"name": "BoJ", "aliases": ["Bank of Japan"]}]
@@ -322,3 +326,40 @@ def test_check_refuses_a_query_with_a_syntax_error(tmp_path) -> None:
     result = CliRunner().invoke(main, ["check", "--config", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "three  query Japan AND Korea" in result.output
+
+
+@pytest.mark.integration
+def test_the_service_gives_queries_the_feed_name_source_and_configured_language(
+        tmp_path, redis_url, http_server) -> None:
+    rss_type = {"Content-Type": "application/rss+xml; charset=utf-8"}
+    http_server.routes["/tokyo"] = (200, rss_type, rss([item(1, "Japan LNG imports", LNG_STORY)],
+                                                       title="Nikkei Asia"))
+    http_server.routes["/london"] = (200, rss_type, rss([item(2, "Japan rice", RICE_STORY)],
+                                                        title="Financial Times"))
+    folder = tmp_path / "config"
+    folder.mkdir()
+    (folder / "w.yaml").write_text(yaml.safe_dump({
+        "feeds": [{"url": http_server.url("/tokyo"), "name": "tokyo", "full_text": "never",
+                   "language": "ja"},
+                  {"url": http_server.url("/london"), "name": "london", "full_text": "never"}],
+        "watchlists": [
+            {"name": "tokyo-ja", "query": "feed:tokyo lang:ja Japan"},
+            {"name": "ft", "query": 'source:"financial times" AND (rice OR LNG)'},
+            {"name": "english", "query": "lang:en"},
+            {"name": "near", "entities": [{"name": "LNG", "aliases": ["liquefied natural gas"]}],
+             "query": "Japan NEAR/3 LNG AND NOT feed:london"},
+        ]}))
+    settings = Settings.from_env({"NEWSMON_CONFIG": str(folder),
+                                  "NEWSMON_DUMP_DIR": str(tmp_path / "dump"),
+                                  "NEWSMON_ALLOW_NETWORKS": "127.0.0.0/8"})
+    Service(settings, redis_url).run_once()
+    alerts = Service(settings, redis_url).store.alerts()
+    fired = sorted((a["watchlist"], a["article"]["title"]) for a in alerts)
+    # The Tokyo feed's English story counts as Japanese (its configured language); London's is
+    # detected as English.
+    assert fired == [("english", "Japan rice"), ("ft", "Japan rice"),
+                     ("near", "Japan LNG imports"), ("tokyo-ja", "Japan LNG imports")]
+    near = next(a for a in alerts if a["watchlist"] == "near")
+    assert [(m["entity"], m["term"], m["field"]) for m in near["matches"]] == [
+        ("Japan", "Japan", "title"), ("LNG", "LNG", "title"), ("Japan", "Japan", "body"),
+        ("LNG", "liquefied natural gas", "body")]
