@@ -317,9 +317,7 @@ class Matcher:
         found: dict[int, list[_Occurrence]] = {}
         excluded: set[int] = set()
         haystacks: dict[str, _Haystack] = {}
-        for field, text in (("title", title), ("body", body)):
-            if self._automaton is None:
-                break
+        for field, text in (("title", title), ("body", body)) if self._automaton else ():
             haystack = haystacks[field] = _haystack(text)
             for target, start, stop in _whole_words(self._automaton, haystack):
                 if target.entity < 0:
@@ -329,7 +327,7 @@ class Matcher:
                         _Occurrence(target, field, text, haystack.folded, start, stop))
         facts = _Facts(title, body, haystacks, source, feed, language)
         hits = []
-        for index in sorted(found.keys() | self._always if self._always else found):
+        for index in sorted((found.keys() | self._always) if self._always else found):
             if index in excluded:
                 continue
             watchlist = self._watchlists[index]
