@@ -245,7 +245,8 @@ def test_precedence_is_not_near_and_or(query: str, tree: Any) -> None:
     ("atleast:0(Japan)", 1, "a count of 1 or more"),
     ("atleast:2 Japan", 11, "expected '(' after atleast:2, got Japan"),
     ("atleast:x(Japan)", 1, "expected atleast:N( ... )"),
-    ("title:body:Japan", 1, "title: over a term already restricted to body:"),
+    ("title:(body:Japan)", 1, "title: over a term already restricted to body:"),
+    ("title:body:Japan", 7, "expected a term, a phrase or '(' after title:, got 'body'"),
     ("title:source:x", 7, "expected a term, a phrase or '(' after title:, got 'source'"),
     ("Japan AND", 10, "got the end of the query"),
     ("Japan OR OR LNG", 10, "got OR"),
@@ -259,6 +260,18 @@ def test_syntax_errors_give_the_column_and_what_was_expected(query: str, column:
     assert caught.value.column == column
     assert expected in str(caught.value)
     assert str(caught.value).startswith(f"column {column}: ")
+
+
+def test_nesting_is_limited_with_a_syntax_error() -> None:
+    assert parse_query("(" * 20 + "Japan" + ")" * 20) == t("Japan")
+    with pytest.raises(QuerySyntaxError, match="after title:"):
+        parse_query("title:" * 5000 + "Japan")                  # no RecursionError either
+    with pytest.raises(QuerySyntaxError, match="expected at most 50 NEARs in a row"):
+        parse_query("a" + " NEAR/1 a" * 51)
+    for deep in ("(" * 60 + "Japan" + ")" * 60, "NOT " * 60 + "Japan",
+                 "title:(" * 60 + "Japan" + ")" * 60, "(title:" * 60 + "Japan" + ")" * 60):
+        with pytest.raises(QuerySyntaxError, match="expected at most 50 nested"):
+            parse_query(deep)
 
 
 @pytest.mark.parametrize(("query", "needs"), [

@@ -29,6 +29,7 @@ from worker.errors import QuerySyntaxError
 
 FIELDS = ("title", "body")
 ATTRIBUTES = ("source", "feed", "lang")
+MAX_DEPTH = 50          # nested groups and NOTs: deeper is refused, not a RecursionError
 
 
 @dataclass(frozen=True)
@@ -117,38 +118,39 @@ def _tokens(query: str) -> Iterator[_Token]:
 
 
 def _word_tokens(text: str, column: int) -> Iterator[_Token]:
+    """The tokens of a run of non-space characters: prefixes (``title:``) split off first."""
+    while (prefix := _PREFIX.fullmatch(text)) and not _ATLEAST.fullmatch(text):
+        name, rest = prefix.groups()
+        if name in FIELDS:
+            yield _Token("field", name, column)
+        elif name in ATTRIBUTES:
+            yield _Token("attr", name, column)
+        elif name == "atleast":
+            raise QuerySyntaxError(column, "expected atleast:N( ... ) with N a number, such as "
+                                           "atleast:3(Japan)")
+        else:
+            raise QuerySyntaxError(column, f"expected title:, body:, source:, feed:, lang: or "
+                                           f"atleast:N(...), got {name}: (quote a term that "
+                                           f"contains a colon)")
+        if not rest:
+            return
+        text, column = rest, column + len(name) + 1
+    yield _word_token(text, column)
+
+
+def _word_token(text: str, column: int) -> _Token:
     if text in _OPERATORS:
-        yield _Token(_OPERATORS[text], text, column)
-        return
+        return _Token(_OPERATORS[text], text, column)
     if near := _NEAR.fullmatch(text):
         if near.group(2) is None:
             raise QuerySyntaxError(column, f"expected {text}/n, n the most words between "
                                            f"(such as {text}/5)")
-        yield _Token("near", text, column, int(near.group(2)))
-        return
+        return _Token("near", text, column, int(near.group(2)))
     if text.startswith(("NEAR/", "ONEAR/")):
         raise QuerySyntaxError(column, f"expected a number of words after {text.split('/')[0]}/")
     if at := _ATLEAST.fullmatch(text):
-        yield _Token("atleast", text, column, int(at.group(1)))
-        return
-    prefix = _PREFIX.fullmatch(text)
-    if prefix is None:
-        yield _Token("word", text, column)
-        return
-    name, rest = prefix.groups()
-    if name in FIELDS:
-        yield _Token("field", name, column)
-    elif name in ATTRIBUTES:
-        yield _Token("attr", name, column)
-    elif name == "atleast":
-        raise QuerySyntaxError(column, "expected atleast:N( ... ) with N a number, such as "
-                                       "atleast:3(Japan)")
-    else:
-        raise QuerySyntaxError(column, f"expected title:, body:, source:, feed:, lang: or "
-                                       f"atleast:N(...), got {name}: (quote a term that "
-                                       f"contains a colon)")
-    if rest:
-        yield from _word_tokens(rest, column + len(name) + 1)
+        return _Token("atleast", text, column, int(at.group(1)))
+    return _Token("word", text, column)
 
 
 def _describe(token: _Token) -> str:
@@ -163,6 +165,7 @@ class _Parser:
     def __init__(self, query: str):
         self.tokens = list(_tokens(query))
         self.at = 0
+        self.depth = 0
 
     def peek(self) -> _Token:
         return self.tokens[self.at]
@@ -201,8 +204,13 @@ class _Parser:
 
     def near(self) -> Node:
         left = self.unary()
+        chained = 0
         while self.peek().kind == "near":
             operator = self.take()
+            chained += 1
+            if chained > MAX_DEPTH:     # each NEAR nests the chain one level deeper
+                raise QuerySyntaxError(operator.column, f"expected at most {MAX_DEPTH} NEARs "
+                                                        "in a row")
             right = self.unary()
             for side in (left, right):
                 _require_positional(side, operator, operator.value)
@@ -210,10 +218,17 @@ class _Parser:
         return left
 
     def unary(self) -> Node:
-        if self.peek().kind == "not":
-            self.take()
-            return Not(self.unary())
-        return self.primary()
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise QuerySyntaxError(self.peek().column, f"expected at most {MAX_DEPTH} nested "
+                                                       "groups, NOTs and fields")
+        try:
+            if self.peek().kind == "not":
+                self.take()
+                return Not(self.unary())
+            return self.primary()
+        finally:
+            self.depth -= 1
 
     def primary(self) -> Node:
         token = self.take()
@@ -226,7 +241,7 @@ class _Parser:
                 raise QuerySyntaxError(token.column, "expected a phrase with words in it")
             return Term(token.value, None, token.column)
         if token.kind == "field":
-            if self.peek().kind not in ("(", "phrase", "word", "field", "atleast"):
+            if self.peek().kind not in ("(", "phrase", "word", "atleast"):
                 self.fail(f"a term, a phrase or '(' after {token.value}:")
             return _restrict(self.primary(), token)
         if token.kind == "attr":
