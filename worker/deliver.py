@@ -40,7 +40,7 @@ from worker.errors import (
     TransientFetchError,
 )
 from worker.fetch import Fetcher, IPNetwork, guarded_sockets
-from worker.redact import RedactFilter, redact, remember, url_secrets
+from worker.redact import RedactFilter, redact, remember, url_credentials, url_secrets
 from worker.store import DeliveryClaim, DeliveryStart, Store
 
 log = logging.getLogger("newsmon.deliver")
@@ -310,8 +310,7 @@ def config_secrets(config: Config) -> list[str]:
         for url in watchlist.notify:
             out += notify_secrets(url.get_secret_value())
     for feed in config.feeds:
-        parts = urlsplit(feed.url)
-        out += [p for p in (parts.netloc.rpartition("@")[0], parts.password or "") if p]
+        out += url_credentials(feed.url)
     return out
 
 

@@ -113,6 +113,17 @@ def url_secrets(url: str, host_is_secret: bool = False) -> list[str]:
     return sorted({s for s in found if len(s) >= MIN_SECRET}, key=len, reverse=True)
 
 
+def url_credentials(url: str) -> list[str]:
+    """The credentials of a URL whose other parts are not secret (a feed's): userinfo and the
+    values of secret-looking parameters."""
+    parts = urlsplit(url)
+    found = [parts.netloc.rpartition("@")[0], parts.password or ""]
+    found += [value for name, _, value in (q.partition("=") for q in parts.query.split("&"))
+              if SECRET_NAME.search(unquote(name))]
+    found += [unquote(s) for s in found]
+    return sorted({s for s in found if len(s) >= MIN_SECRET}, key=len, reverse=True)
+
+
 def remember(secrets: Iterable[str]) -> None:
     """Mask these strings (a configuration's secrets) in every later ``redact`` of this
     process. Strings shorter than MIN_SECRET characters are ignored."""
@@ -126,17 +137,6 @@ def remember(secrets: Iterable[str]) -> None:
 def known() -> tuple[str, ...]:
     """Every string ``remember`` was given, longest first."""
     return _known
-
-
-def redact_tree(node: Any) -> Any:
-    """Every string in a JSON-like tree (dicts, lists) redacted; other values kept."""
-    if isinstance(node, str):
-        return redact(node)
-    if isinstance(node, dict):
-        return {key: redact_tree(value) for key, value in node.items()}
-    if isinstance(node, list | tuple):
-        return [redact_tree(value) for value in node]
-    return node
 
 
 class RedactingStream:
