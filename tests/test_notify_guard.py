@@ -34,8 +34,13 @@ _leaks: list[Any] = []
 _passable: set[tuple[str, int]] = set()   # the one server a test allows on purpose
 
 
+_recording = threading.Event()           # only during this module's tests (the hook stays)
+
+
 def _record_leaks(event: str, args: tuple[Any, ...]) -> None:
     """Runs after the guard's hook: sees only what the guard allowed, inside a guarded block."""
+    if not _recording.is_set():
+        return
     if event in ("socket.connect", "socket.sendto") and fetch._socket_guard.get() is not None:
         if tuple(args[1][:2]) in _passable:
             return
@@ -95,7 +100,9 @@ def listener(monkeypatch: pytest.MonkeyPatch) -> Iterator[Listener]:
     monkeypatch.setattr(socket, "getaddrinfo", _everything_is_loopback)
     _leaks.clear()
     server = Listener()
+    _recording.set()
     yield server
+    _recording.clear()
     server.close()
 
 
@@ -166,7 +173,9 @@ def redirector(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, Listener]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     _passable.add(("127.0.0.1", server.server_address[1]))
+    _recording.set()
     yield server.server_address[1], target
+    _recording.clear()
     _passable.clear()
     server.shutdown()
     server.server_close()
