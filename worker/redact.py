@@ -46,7 +46,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Basic + base64 (with a digit, + / or =, so that "Basic configuration" stays)
     (re.compile(r"(?i)\b(Basic)\s+(?=[A-Za-z0-9+/]*[0-9+/=])[A-Za-z0-9+/]{8,}={0,2}"), rf"\1 {MASK}"),
 )
-# name=value after ? & ; or # (query, form body, fragment); the name decides.
+# Any name=value (a query, a fragment, a form body, a log field): the name decides.
 _PARAM = re.compile(rf"(?<![A-Za-z0-9_.\-])({_NAME})=([^{_VALUE_END}]*)")
 
 _known: tuple[str, ...] = ()          # longest first; replaced whole, so readers need no lock
