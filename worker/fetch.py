@@ -3,7 +3,9 @@
 Safe means: no request reaches a non-public address (checked on the address actually
 connected to, on every redirect hop), bodies are capped before and after decompression,
 the whole exchange has a deadline, and every failure leaves as a ``FetchError`` with a
-reason a user can act on. ``deliver`` reuses the same guard through ``Fetcher.post``.
+reason a user can act on. ``deliver`` reuses the same guard through ``Fetcher.post``, and
+``guarded_sockets`` applies it to the sockets other libraries open (Apprise). Headers from
+peers are data: a bad value is treated as absent.
 Only this module and ``deliver`` import httpx; see docs/fetching.md.
 """
 
@@ -206,7 +208,8 @@ def header_text(value: str | None) -> str | None:
     long or holding control characters."""
     if not value or len(value) > MAX_HEADER_VALUE:
         return None
-    return None if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in value) else value
+    controls = any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value)
+    return None if controls else value
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
