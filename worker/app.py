@@ -70,14 +70,15 @@ app.conf.update(
 
 @signals.setup_logging.connect
 def _setup_logging(**_: object) -> None:
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
 
 
 @signals.celeryd_init.connect
 def _worker_init(**_: object) -> None:
     from worker.sentry import init_sentry
 
-    configure_logging(settings.log_format)  # already now: Celery warns before it sets logging up
+    # already now: Celery warns before it sets logging up
+    configure_logging(settings.log_format, settings.log_level)
     init_sentry("worker")
 
 

@@ -109,6 +109,7 @@ class Service:
                   if o.get("outcome") == "failed"]
         deliveries = self.deliver_until_done(alerts, delivery_timeout, workers=2 * workers)
         return {"feeds": len(config.feeds), "failed": failed,
+                "polled": [(f.name, o) for f, o in zip(config.feeds, outcomes, strict=True)],
                 "new_items": sum(o.get("new_items", 0) for o in outcomes), "alerts": alerts,
                 "deliveries": deliveries}
 
