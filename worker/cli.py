@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -264,7 +265,8 @@ def run(config: str | None, once: bool, concurrency: int, timeout: float,
 def startup_summary(settings: Settings, cfg: Config, url: str, embedded: bool) -> str:
     """One line saying what runs: feeds, watchlists, webhooks, where dumps and state go, which
     Redis (credentials hidden)."""
-    hooks = ", ".join(f"{name} {redact_url(hook.url.get_secret_value())}"
+    # Only the host of a webhook: its path and query often hold a token.
+    hooks = ", ".join(f"{name} {_origin(hook.url.get_secret_value())}"
                       for name, hook in cfg.webhooks.items())
     redis_where = (f"embedded Redis {url} (data in {settings.data_dir.resolve()})" if embedded
                    else f"Redis {redact_url(url)}")
@@ -273,6 +275,11 @@ def startup_summary(settings: Settings, cfg: Config, url: str, embedded: bool) -
             + (f" ({hooks})" if hooks else "")
             + f"; configuration {settings.config_dir.resolve()}; dumps to "
               f"{settings.dump_dir.resolve()}; state in {redis_where}")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def _run_once(settings: Settings, cfg: Config, url: str, timeout: float) -> int:
