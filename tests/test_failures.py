@@ -107,3 +107,12 @@ def test_a_bad_setting_stops_run_with_one_line_in_a_real_process(tmp_path):
         [name] = bad
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
         assert done.stderr.count("\n") == 1 and name in done.stderr, done.stderr
+
+
+def test_the_service_does_not_start_against_an_unreachable_redis(world):
+    config, paths, env = world
+    env["REDIS_URL"] = f"redis://127.0.0.1:{_closed_port()}/0"
+    result = CliRunner().invoke(main, ["run"], env=env)
+    assert result.exit_code == 3, result.output
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("newsmon: ")]
+    assert "Redis cannot be reached" in line and "REDIS_URL" in line

@@ -254,6 +254,9 @@ def run(config: str | None, once: bool, concurrency: int, timeout: float,
             if once:
                 code = _run_once(settings, cfg, url, timeout)
             else:
+                from worker.store import Store
+
+                Store.from_url(url).r.ping()  # an unreachable REDIS_URL: one line, not retries
                 log.info("%s", startup_summary(settings, cfg, url, embedded=server is not None))
                 code = _run_celery(settings, url, concurrency, lock)
         finally:
