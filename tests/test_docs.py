@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A path into the repository (worker/cli.py, docs/service.md, deploy/...), a top-level
 # Markdown file (PITFALLS.md), a sample dump file (000_d2c0166b2a2dd97c.txt), or a relative
-# Markdown link between pages.
+# Markdown link between pages. Not a glob (worker/*.py), but **worker/x.py** in bold is a name.
 _PATH = re.compile(r"(?<![\w/.:-])((?:worker|tests|docs|deploy|schedules)/[\w./-]*[\w/]"
-                   r"|[A-Z][A-Z_]+\.md|[0-9]{3}_[0-9a-f]{16}\.txt)(?![\w*<{])")
+                   r"|[A-Z][A-Z_]+\.md|[0-9]{3}_[0-9a-f]{16}\.txt)(?![\w<{]|\*(?!\*))")
 # Named on purpose although not in the repository.
 NOT_FILES = {
     "deploy/.env": "the reader makes it from deploy/.env.example",

@@ -26,6 +26,7 @@ COMMANDS = {
     "match": ["match", "{dump}"],
     "normalize": ["normalize", "{feed}", "--out", "{out}", "--config", "{config}"],
     "health": ["health", "--component", "beat"],
+    "backtest": ["backtest", "{out}"],
 }
 # failure: (exit code, words the line must hold, commands it must stop)
 FAILURES = {
@@ -33,9 +34,10 @@ FAILURES = {
     "Redis unreachable": (3, "Redis", {"run --once", "status", "alerts list", "alerts show",
                                        "alerts replay", "webhook list"}),
     "configuration error": (1, "bad.yaml", {"check", "run --once", "status", "webhook list",
-                                            "webhook test", "match", "normalize"}),
+                                            "webhook test", "match", "normalize", "backtest"}),
     "missing folder": (1, "configuration folder not found", {
-        "check", "run --once", "status", "webhook list", "webhook test", "match", "normalize"}),
+        "check", "run --once", "status", "webhook list", "webhook test", "match", "normalize",
+        "backtest"}),
 }
 
 
