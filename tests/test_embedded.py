@@ -171,3 +171,15 @@ def test_a_held_data_folder_is_refused_with_the_holder_named(tmp_path):
     view = DataDirLock(tmp_path, "view")
     view.acquire()
     view.release()
+
+
+def test_a_view_is_told_where_a_run_with_its_own_redis_keeps_its_state(tmp_path):
+    held = DataDirLock(tmp_path, "run", redis="redis://***@db.example:6380/0")
+    held.acquire()
+    try:
+        with pytest.raises(DataDirBusy, match="set REDIS_URL to see it"):
+            DataDirLock(tmp_path, "view").acquire()
+        with pytest.raises(DataDirBusy, match="stop it first"):
+            DataDirLock(tmp_path, "run").acquire()
+    finally:
+        held.release()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,12 @@ def test_unknown_newsmon_variables_are_typos_unless_the_configuration_uses_them(
     assert unknown_variables(env) == ["NEWSMON_CONFG", "NEWSMON_DESK_SECRET"]
     assert unknown_variables(env, frozenset({"NEWSMON_DESK_SECRET"})) == ["NEWSMON_CONFG"]
     assert "NEWSMON_LOG_LEVEL" in KNOWN_VARIABLES
+
+
+def test_every_newsmon_variable_the_code_reads_is_known():
+    """check flags unknown NEWSMON_ variables: a new setting must join KNOWN_VARIABLES."""
+    names = {node.value for path in (Path(__file__).parents[1] / "worker").rglob("*.py")
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str)
+             and re.fullmatch(r"NEWSMON_[A-Z0-9_]+", node.value)}
+    assert names - set(KNOWN_VARIABLES) == set()

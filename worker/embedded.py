@@ -182,7 +182,8 @@ class DataDirLock:
                 holder = _read_record(fd)
                 if holder.get("command") == "run" or time.monotonic() >= deadline:
                     os.close(fd)
-                    raise DataDirBusy(busy_message(self.data_dir, holder)) from None
+                    raise DataDirBusy(busy_message(self.data_dir, holder,
+                                                   self.record["command"])) from None
                 time.sleep(0.1)
         self.fd = fd
         reap_leftovers(self.data_dir, _read_record(fd))
@@ -231,13 +232,16 @@ def _read_record(fd: int) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def busy_message(data_dir: Path, holder: dict[str, Any]) -> str:
+def busy_message(data_dir: Path, holder: dict[str, Any], wanted_by: str = "run") -> str:
+    """One line: who holds the data folder, and what to do about it."""
     who = f"newsmon {holder.get('command', '?')} (pid {holder.get('pid', '?')}"
     who += f", since {holder['started']})" if holder.get("started") else ")"
-    hint = ("stop it first, or give this one its own NEWSMON_DATA_DIR"
-            if holder.get("command") == "run" else "try again in a moment")
-    if holder.get("command") == "run" and holder.get("redis") not in (None, "embedded"):
-        hint = f"it uses REDIS_URL={holder['redis']}: set REDIS_URL to see its state, or " + hint
+    if holder.get("command") != "run":
+        hint = "try again in a moment"
+    elif wanted_by != "run" and holder.get("redis") not in (None, "embedded"):
+        hint = f"it keeps its state in REDIS_URL={holder['redis']}: set REDIS_URL to see it"
+    else:
+        hint = "stop it first, or give this one its own NEWSMON_DATA_DIR"
     return f"data folder {data_dir} is in use by {who}: {hint}"
 
 

@@ -7,7 +7,6 @@ that names the variable, what was expected and what was found.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,10 +104,6 @@ class Settings:
     log_format: str                  # text | json
     log_level: str = "info"          # newsmon's own loggers; libraries log warnings only
     config_given: bool = True        # False: config_dir is the default ./schedules
-
-    @property
-    def log_level_number(self) -> int:
-        return int(getattr(logging, self.log_level.upper()))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
