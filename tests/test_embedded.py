@@ -183,3 +183,16 @@ def test_a_view_is_told_where_a_run_with_its_own_redis_keeps_its_state(tmp_path)
             DataDirLock(tmp_path, "run").acquire()
     finally:
         held.release()
+
+
+def test_a_port_file_left_by_a_crash_is_not_trusted(tmp_path, redis_server):
+    """Another server may have taken the port since: only an owned data folder is served."""
+    port = redis_server.rsplit(":", 1)[1]
+    (tmp_path / PORT_FILE).write_text(port)  # a Redis answers there, but nobody owns the folder
+    assert running_url(tmp_path) is None
+    lock = DataDirLock(tmp_path, "run")
+    lock.acquire()
+    try:
+        assert not (tmp_path / PORT_FILE).exists()  # the new owner drops it
+    finally:
+        lock.release()

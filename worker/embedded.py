@@ -54,7 +54,10 @@ def _answers(port: int) -> bool:
 
 
 def running_url(data_dir: Path) -> str | None:
-    """The URL of an embedded Redis already serving this data dir, if any."""
+    """The URL of an embedded Redis already serving this data dir, if any. Only while someone
+    holds the data dir: a port file a crash left may name a port another server took since."""
+    if owner(data_dir) is None:
+        return None
     try:
         port = int((data_dir / PORT_FILE).read_text())
     except (OSError, ValueError):
@@ -187,6 +190,8 @@ class DataDirLock:
                 time.sleep(0.1)
         self.fd = fd
         reap_leftovers(self.data_dir, _read_record(fd))
+        with contextlib.suppress(OSError):  # whatever it named is dead or ended by now
+            os.unlink(self.data_dir / PORT_FILE)
         self._write()
 
     def add_child(self, pid: int | None) -> None:
@@ -273,9 +278,6 @@ def reap_leftovers(data_dir: Path, record: dict[str, Any], grace: float = 5.0) -
     while any(_alive(p) for p in left) and time.monotonic() < deadline:
         time.sleep(0.1)
     _signal_all([p for p in left if _alive(p)], signal.SIGKILL)
-    if left:
-        with contextlib.suppress(OSError):
-            os.unlink(Path(data_dir) / PORT_FILE)
     return left
 
 
