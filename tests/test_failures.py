@@ -118,3 +118,14 @@ def test_the_service_does_not_start_against_an_unreachable_redis(world):
     assert result.exit_code == 3, result.output
     [line] = [x for x in result.stderr.splitlines() if x.startswith("newsmon: ")]
     assert "Redis cannot be reached" in line and "REDIS_URL" in line
+
+
+def test_a_celery_worker_started_by_hand_reports_a_bad_setting_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "worker"],
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                               "NEWSMON_ALLOW_NETWORKS": "localhost"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "newsmon: invalid setting: NEWSMON_ALLOW_NETWORKS: expected comma-separated CIDR "
+        "networks such as 127.0.0.0/8,10.0.0.0/8, got 'localhost'"]
