@@ -3,11 +3,13 @@ it even after SIGKILL, and a new owner that ends what a crashed one left."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -196,3 +198,16 @@ def test_a_port_file_left_by_a_crash_is_not_trusted(tmp_path, redis_server):
         assert not (tmp_path / PORT_FILE).exists()  # the new owner drops it
     finally:
         lock.release()
+
+
+def test_a_view_asking_who_owns_the_folder_does_not_make_a_run_refuse(tmp_path):
+    """owner() takes a shared lock for a moment; a run starting meanwhile waits for it, even
+    when the file still names the run that held the folder before (dead now)."""
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 999999999, "command": "run"}))
+    probe = os.open(tmp_path / LOCK_FILE, os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH)
+    threading.Timer(0.5, os.close, (probe,)).start()
+    lock = DataDirLock(tmp_path, "run")
+    lock.acquire()
+    assert owner(tmp_path)["pid"] == os.getpid()
+    lock.release()

@@ -176,14 +176,16 @@ class DataDirLock:
         except OSError as exc:
             raise ServiceError(f"cannot use the data folder {self.data_dir}: {exc.strerror}; "
                                "set NEWSMON_DATA_DIR to a folder you can write") from None
-        deadline = time.monotonic() + wait
+        # At least a moment: a view asking who owns the folder holds a shared lock briefly.
+        deadline = time.monotonic() + max(wait, 2.0)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 holder = _read_record(fd)
-                if holder.get("command") == "run" or time.monotonic() >= deadline:
+                running = holder.get("command") == "run" and _alive(int(holder.get("pid") or 0))
+                if running or time.monotonic() >= deadline:
                     os.close(fd)
                     raise DataDirBusy(busy_message(self.data_dir, holder,
                                                    self.record["command"])) from None
@@ -318,6 +320,8 @@ def _cmdline(pid: int) -> str:
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except OSError:
