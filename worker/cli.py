@@ -29,13 +29,10 @@ log = logging.getLogger("newsmon")
 SHUTDOWN_GRACE = 30.0
 
 
-def _setup_logging(settings: Settings | None = None) -> None:
+def _setup_logging(settings: Settings) -> None:
     from worker.logs import configure_logging
 
-    if settings:
-        configure_logging(settings.log_format, settings.log_level)
-    else:
-        configure_logging("text")
+    configure_logging(settings.log_format, settings.log_level)
 
 
 def _settings(config: str | None = None, log_level: str | None = None) -> Settings:
@@ -115,8 +112,8 @@ def normalize(sources: tuple[str, ...], out_dir: str, full_text: str | None,
     from worker.parse import parse_feed
     from worker.pipeline import full_text as fetch_full_text
 
-    _setup_logging()
     settings = _settings(config)
+    _setup_logging(settings)
     configured = {f.url: f for f in _load(settings).feeds} if config else {}
     fetcher = Fetcher(settings.allow_networks)
     next_seq = local_sequence(Path(out_dir))
