@@ -15,7 +15,7 @@ from worker.errors import ConfigError
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-def write(folder, feeds=(), hook_url="https://hooks.example/h", notify=()):
+def write(folder, feeds=("https://feeds.example/rss",), hook_url="https://hooks.example/h", notify=()):
     folder.mkdir(exist_ok=True)
     doc = {"feeds": [{"url": u} for u in feeds],
            "webhooks": {"ops": {"url": hook_url, "secret": SECRET}},
