@@ -22,7 +22,7 @@ import click
 from worker import __version__, embedded, failures
 from worker.config import Config, FeedConfig, load_config
 from worker.errors import ConfigError, DumpFormatError, FetchError, NotAFeedError, ServiceError
-from worker.fetch import redact_url
+from worker.redact import redact_std_streams, redact_url, remember, url_outline
 from worker.settings import LOG_LEVELS, Settings
 
 log = logging.getLogger("newsmon")
@@ -45,7 +45,16 @@ def _settings(config: str | None = None, log_level: str | None = None) -> Settin
 
 
 def _load(settings: Settings) -> Config:
-    return load_config(settings.config_dir).config
+    """The configuration; its secrets are masked in all output from now on."""
+    return _remembered(load_config(settings.config_dir).config)
+
+
+def _remembered(config: Config) -> Config:
+    """Mask the configuration's credentials in everything this process prints or logs."""
+    from worker.deliver import config_secrets
+
+    remember(config_secrets(config))
+    return config
 
 
 @contextlib.contextmanager
@@ -92,6 +101,7 @@ class _Main(click.Group):
 @click.version_option(__version__, prog_name="newsmon")
 def main() -> None:
     """newsmon: monitor news feeds, deduplicate stories, alert on watchlists."""
+    redact_std_streams()  # no credential in anything a command prints
 
 
 # -- offline tools ----------------------------------------------------------------------------
@@ -266,29 +276,40 @@ def check(config: str | None) -> None:
 
     settings = _settings(config)
     loaded = load_config(settings.config_dir)
-    cfg = loaded.config
+    cfg = _remembered(loaded.config)
     matcher = compile_watchlists(cfg.watchlists)
-    problems = config_problems(cfg, os.environ, referenced_variables(loaded.files))
+    problems = (config_problems(cfg, os.environ, referenced_variables(loaded.files))
+                + notify_problems(cfg))
     click.echo(f"configuration {settings.config_dir}: "
                + (f"{len(problems)} problem(s)" if problems else "OK"))
     click.echo(f"feeds: {len(cfg.feeds)}")
     for f in cfg.feeds:
-        click.echo(f"  {f.name}  {f.url}  every {f.every:g}s  full_text {f.full_text}"
+        click.echo(f"  {f.name}  {redact_url(f.url)}  every {f.every:g}s  full_text {f.full_text}"
                    + (f"  timezone {f.timezone}" if f.timezone else ""))
     click.echo(f"webhooks: {len(cfg.webhooks)}")
     for name, hook in cfg.webhooks.items():
-        click.echo(f"  {name}  {redact_url(hook.url.get_secret_value())}  "
+        click.echo(f"  {name}  {url_outline(hook.url.get_secret_value())}  "
                    f"secrets {len(hook.secret)} (***)")
     click.echo(f"watchlists: {len(cfg.watchlists)}  terms: {matcher.term_count}")
     for w in cfg.watchlists:
+        notify = [url_outline(u.get_secret_value(), host=False) for u in w.notify]
         click.echo(f"  {w.name}  " + (f"query {w.query}" if w.query else f"match {w.match}")
                    + f"  entities {len(w.entities)}  "
-                   f"webhook {w.webhook or '-'}"
-                   + (f"  notify {len(w.notify)} (***)" if w.notify else ""))
+                   f"webhook {w.webhook or '-'}" + (f"  notify {' '.join(notify)}" if notify else ""))
     click.echo("checked: " + "; ".join(CHECKED))
     for problem in problems:
         click.echo(f"newsmon: {problem}", err=True)
     sys.exit(1 if problems else 0)
+
+
+def notify_problems(cfg: Config) -> list[str]:
+    """Notification URLs newsmon cannot send to (unknown or unsupported scheme), each naming
+    its watchlist and scheme."""
+    from worker.deliver import notify_scheme_problem
+
+    return [f"watchlists[{i}].notify[{j}] (watchlist {w.name!r}): {problem}"
+            for i, w in enumerate(cfg.watchlists) for j, url in enumerate(w.notify)
+            if (problem := notify_scheme_problem(url.get_secret_value()))]
 
 
 # -- the service --------------------------------------------------------------------------------
@@ -311,7 +332,7 @@ def run(config: str | None, once: bool, concurrency: int, timeout: float,
     settings = _settings(config, log_level)
     _setup_logging(settings)
     loaded = load_config(settings.config_dir)
-    cfg = loaded.config
+    cfg = _remembered(loaded.config)
     for problem in config_problems(cfg, os.environ, referenced_variables(loaded.files)):
         log.warning("newsmon check would refuse this: %s", problem)
     if once and settings.redis_url:  # nothing of the data folder is used: no lock needed
@@ -488,7 +509,7 @@ def _view_config(settings: Settings) -> Config | None:
     for folder in (running.get("config"), settings.config_dir):
         if folder and Path(folder).exists():
             try:
-                return load_config(folder).config
+                return _remembered(load_config(folder).config)
             except ConfigError as exc:  # not asked for: the view still shows the state
                 log.warning("not using the configuration in %s: %s", folder, exc.problems[0])
     return None

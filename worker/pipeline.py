@@ -17,7 +17,7 @@ from worker.config import FeedConfig
 from worker.dedupe import canonical_url, story_keys
 from worker.dump import dump_of, dump_path, place_dump, render_dump
 from worker.errors import FetchError, NotAFeedError
-from worker.fetch import Fetcher, redact_url
+from worker.fetch import Fetcher
 from worker.health import FAILING, Health, health_event, is_stale, next_health, rhythm, stale_threshold
 from worker.match import Matcher, match_article
 from worker.models import Article, FeedEntry, ParsedFeed, WatchlistHit
@@ -30,6 +30,7 @@ from worker.normalize import (
     normalize_entry,
 )
 from worker.parse import parse_feed
+from worker.redact import redact, redact_url
 from worker.schedule import next_due_after_failure, next_due_after_success
 from worker.store import Store
 
@@ -56,7 +57,7 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
     refetch, never a lost entry."""
     state = store.feed_state(feed.name)
     failures = int(state.get("failures") or 0)
-    outcome: dict[str, Any] = {"url": feed.url, "last_fetch": now, "new_items": 0}
+    outcome: dict[str, Any] = {"url": redact_url(feed.url), "last_fetch": now, "new_items": 0}
     ids = {"feed": feed.name}
     try:
         with metrics.FETCH_SECONDS.time():  # failed fetches too
@@ -70,7 +71,7 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
             return record_poll(feed, store, state, outcome, now, next_due_after_success(now, feed.every))
         parsed = parse_feed(result.content, result.content_type)
     except (FetchError, NotAFeedError) as exc:
-        reason = exc.reason if isinstance(exc, FetchError) else str(exc)
+        reason = redact(exc.reason if isinstance(exc, FetchError) else str(exc))  # stored, shown
         retry_after = exc.retry_after if isinstance(exc, FetchError) else None
         outcome.update(outcome="failed", error=reason, failures=failures + 1,
                        status=getattr(exc, "status", None) or "")
@@ -179,7 +180,7 @@ def full_text(feed: FeedConfig, entry: FeedEntry, fetcher: Fetcher) -> PageText 
     try:
         page = fetcher.get(entry.link, accept="text/html,application/xhtml+xml")
     except FetchError as exc:
-        log.info("feed=%s full-text fetch failed url=%s reason=%s", feed.name, entry.link,
+        log.info("feed=%s full-text fetch failed url=%s reason=%s", feed.name, redact_url(entry.link),
                  exc.reason, extra={"feed": feed.name})
         return None
     return extract_page(page.content, page.url)
@@ -240,7 +241,7 @@ def article_json(article: Article, story_id: str, path: Path | None) -> dict[str
         "id": article.id, "story": story_id, "title": article.title, "url": article.url,
         "canonical_url": article.canonical_url, "guid": article.guid, "source": article.source,
         "author": article.author, "published": article.published.isoformat(),
-        "feed": article.feed, "file": str(path) if path else None,
+        "feed": redact_url(article.feed), "file": str(path) if path else None,
     }
 
 
