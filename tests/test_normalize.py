@@ -165,7 +165,7 @@ def test_article_id_without_a_link_hashes_feed_url_and_guid() -> None:
 
 
 def test_article_id_needs_a_link_or_a_guid() -> None:
-    with pytest.raises(ValueError, match="link or a GUID"):
+    with pytest.raises(ValueError, match="a link, a GUID or some content"):
         article_id("", "https://news.example/rss", None)
 
 

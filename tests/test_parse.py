@@ -315,11 +315,18 @@ def test_feed_without_items_is_an_empty_feed() -> None:
 
 
 def test_bad_entry_is_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    data = rss("<item><title>No link, no guid</title></item>" + item(title="Good"))
+    data = rss("<item><link>https://news.example/0</link></item>" + item(title="Good"))
     with caplog.at_level(logging.WARNING, logger="worker.parse"):
         feed = parse_feed(data.encode())
     assert [e.title for e in feed.entries] == ["Good"]
-    assert "neither a link nor an id" in caplog.text
+    assert "neither a title nor any content" in caplog.text
+
+
+def test_entry_without_link_or_id_is_kept() -> None:
+    data = rss("<item><title>No link, no guid</title></item>" + item(title="Good"))
+    feed = parse_feed(data.encode())
+    assert [(e.title, e.link, e.guid) for e in feed.entries] == [
+        ("No link, no guid", None, None), ("Good", "https://news.example/1", None)]
 
 
 def test_entry_without_title_or_content_is_skipped() -> None:
@@ -328,7 +335,7 @@ def test_entry_without_title_or_content_is_skipped() -> None:
 
 
 def test_feed_whose_every_entry_fails_is_an_error() -> None:
-    data = rss("<item><title>a</title></item><item><description>b</description></item>")
+    data = rss("<item><link>https://news.example/0</link></item><item><guid>b</guid></item>")
     with pytest.raises(NotAFeedError, match="every one of the feed's 2 entries is unusable"):
         parse_feed(data.encode())
 
@@ -384,7 +391,7 @@ def test_bad_json_feed_item_is_skipped() -> None:
     data = json.dumps({"version": "https://jsonfeed.org/version/1.1",
                        "items": ["not an object", {"title": "no id"}, {"id": 7, "title": "ok"}]})
     feed = parse_feed(data.encode())
-    assert [(e.guid, e.title) for e in feed.entries] == [("7", "ok")]
+    assert [(e.guid, e.title) for e in feed.entries] == [(None, "no id"), ("7", "ok")]
 
 
 def test_deeply_nested_json_is_not_a_feed() -> None:

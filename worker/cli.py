@@ -20,7 +20,7 @@ import click
 
 from worker import __version__, embedded
 from worker.config import Config, FeedConfig, load_config
-from worker.errors import ConfigError, DumpFormatError, FetchError, NotAFeedError
+from worker.errors import BadEntryError, ConfigError, DumpFormatError, FetchError, NotAFeedError
 from worker.fetch import redact_url
 from worker.settings import Settings
 
@@ -106,7 +106,7 @@ def normalize(sources: tuple[str, ...], out_dir: str, full_text: str | None,
                 data, content_type = result.content, result.content_type
             else:
                 data, content_type = Path(source).read_bytes(), None
-            parsed = parse_feed(data, content_type)
+            parsed = parse_feed(data, content_type, url=str(feed.url), timezone=feed.timezone)
         except (OSError, FetchError, NotAFeedError) as exc:
             click.echo(f"{source}: {exc}", err=True)
             failed = True
@@ -116,8 +116,12 @@ def normalize(sources: tuple[str, ...], out_dir: str, full_text: str | None,
             page = None
             if needs_full_text(feed.full_text, html_to_paragraphs(entry.content_html)):
                 page = fetch_full_text(feed, entry, fetcher)
-            article = normalize_entry(entry, parsed, feed_url=feed.url, first_seen=now,
-                                      feed_name=feed.name, timezone=feed.timezone, page=page)
+            try:
+                article = normalize_entry(entry, parsed, feed_url=feed.url, first_seen=now,
+                                          feed_name=feed.name, timezone=feed.timezone, page=page)
+            except BadEntryError as exc:  # skipped; the feed's other entries go on
+                click.echo(f"{source}: skipped an entry: {exc}", err=True)
+                continue
             click.echo(str(write_dump(Path(out_dir), article, next_seq)))
     fetcher.close()
     sys.exit(1 if failed else 0)
