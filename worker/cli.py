@@ -534,12 +534,16 @@ def webhook_list(config: str | None) -> None:
 @main.command()
 @click.option("--quick", is_flag=True, help="Smaller inputs: a rough figure in seconds.")
 @click.option("--only", multiple=True,
-              help="Run only these parts: parse, match, dedupe, poll, latency, deliver.")
-def bench(quick: bool, only: tuple[str, ...]) -> None:
+              help="Run only these parts: parse, match, dedupe, poll, latency, deliver, "
+                   "unchanged, corpus.")
+@click.option("--corpus", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of feed files for the corpus run (tracebacks, hangs, lost entries "
+                   "and malformed dumps counted).")
+def bench(quick: bool, only: tuple[str, ...], corpus: str | None) -> None:
     """Print speed figures (per core) for each stage of the pipeline."""
     from worker.bench import run_benchmarks
 
-    run_benchmarks(quick=quick, only=set(only))
+    run_benchmarks(quick=quick, only=set(only), corpus=corpus)
 
 
 

@@ -88,7 +88,7 @@ def _entry(item: etree._Element, base: str | None) -> RecoveredEntry:
 def _first(children: list[etree._Element], name: str) -> etree._Element | None:
     """The first child of that local name, one in a core namespace before any other."""
     named = [c for c in children if _local(c) == name]
-    core = [c for c in named if etree.QName(c).namespace in _CORE]
+    core = [c for c in named if _namespace(c) in _CORE]
     return (core or named or [None])[0]
 
 
@@ -120,4 +120,17 @@ def _link(children: list[etree._Element], base: str | None) -> str | None:
 
 
 def _local(el: etree._Element) -> str:
-    return etree.QName(el).localname if isinstance(el.tag, str) else ""
+    """The lower-case local name ("" for comments); an undeclared prefix stays in it."""
+    return _split(el.tag)[1].lower() if isinstance(el.tag, str) else ""
+
+
+def _namespace(el: etree._Element) -> str | None:
+    return _split(el.tag)[0] if isinstance(el.tag, str) else None
+
+
+def _split(tag: str) -> tuple[str | None, str]:
+    # By hand: etree.QName raises on the "prefix:name" tags of undeclared namespaces.
+    if tag.startswith("{"):
+        namespace, _, local = tag[1:].partition("}")
+        return namespace, local
+    return None, tag
