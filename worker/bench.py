@@ -383,13 +383,14 @@ def _poll_cycle(quick: bool, mix: dict[str, Any]) -> None:
 def run_benchmarks(quick: bool = False, only: set[str] | None = None,
                    corpus: str | None = None) -> None:
     from worker.bench_deliver import bench_deliver
+    from worker.bench_hostile import bench_hostile
     from worker.bench_latency import bench_latency
     from worker.corpus import bench_corpus
 
     parts: dict[str, Callable[[bool], None]] = {
         "parse": bench_parse, "match": bench_match, "dedupe": bench_dedupe, "poll": bench_poll,
         "latency": bench_latency, "deliver": bench_deliver, "unchanged": bench_unchanged,
-        "corpus": lambda quick: bench_corpus(corpus),
+        "hostile": bench_hostile, "corpus": lambda quick: bench_corpus(corpus),
     }
     # The synthetic feeds' items are old, so every feed is stale: keep warnings out of the figures.
     logging.getLogger("newsmon").setLevel(logging.ERROR)

@@ -535,7 +535,7 @@ def webhook_list(config: str | None) -> None:
 @click.option("--quick", is_flag=True, help="Smaller inputs: a rough figure in seconds.")
 @click.option("--only", multiple=True,
               help="Run only these parts: parse, match, dedupe, poll, latency, deliver, "
-                   "unchanged, corpus.")
+                   "unchanged, hostile, corpus.")
 @click.option("--corpus", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of feed files for the corpus run (tracebacks, hangs, lost entries "
                    "and malformed dumps counted).")

@@ -364,7 +364,7 @@ def _entry_from_json(item: Any, *, base: str | None, zone: str | None) -> FeedEn
                for key in ("content_text", "summary")]
     body = max(bodies, key=len)
     title = html.escape(_json_text(item.get("title")) or "", quote=False)
-    if not title.strip() and not body.strip():
+    if not plain(title) and not plain(body):
         raise _BadEntry(f"{link or guid or 'an item'}: it has neither a title nor any content")
     raw_date = _json_str(item.get("date_published")) or _json_str(item.get("date_modified"))
     return FeedEntry(
