@@ -18,12 +18,14 @@ import pytest
 
 from worker import normalize
 from worker.dump import dump_of, render_dump
+from worker.errors import BadEntryError
 from worker.models import FeedEntry, ParsedFeed
 from worker.normalize import (
     FULL_TEXT_THRESHOLD,
     PageText,
     article_id,
     clean_line,
+    entry_article_id,
     extract_page,
     html_to_paragraphs,
     needs_full_text,
@@ -337,3 +339,49 @@ def test_pure_modules_import_no_network_queue_or_store(module: str) -> None:
     imported |= {node.module.split(".")[0] for node in ast.walk(ast.parse(source))
                  if isinstance(node, ast.ImportFrom) and node.module}
     assert not imported & {"httpx", "redis", "celery", "requests", "urllib3"}
+
+
+# --- feeds as they are in the wild -----------------------------------------------------------
+
+def test_an_entry_without_link_or_guid_gets_a_stable_id_from_its_content() -> None:
+    bare = entry(link=None, guid=None, title="Note", content_html="<p>Some text.</p>")
+    first, again = norm(bare), norm(replace(bare))
+    other = norm(replace(bare, content_html="<p>Other text.</p>"))
+    assert first.id == again.id != other.id
+    assert first.id == entry_article_id(bare, FEED_URL)
+    digest = hashlib.sha256(b"Note\n<p>Some text.</p>").hexdigest()
+    assert first.id == hashlib.sha256(f"{FEED_URL}\ncontent:{digest}".encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("markup", ["<!DOCTYPE html>", "<html><head></head></html>", "<html>",
+                                    "<body></body><body>x</body>", "</div></p>text"])
+def test_html_that_lxml_cannot_take_as_a_fragment_still_gives_its_text(markup: str) -> None:
+    expected = ["x"] if ">x<" in markup else (["text"] if "text" in markup else [])
+    assert html_to_paragraphs(markup) == expected
+
+
+@pytest.mark.parametrize("control", ["\x9d", "\x85\x80", "\x1f", "\x00", "\ud800", "\x7f"])
+def test_c0_and_c1_controls_and_lone_surrogates_are_removed_everywhere(control: str) -> None:
+    article = norm(entry(title=f"a{control}b", author=f"c{control}d",
+                         content_html=f"<p>e{control}f</p>"), feed(f"g{control}h"))
+    fields = [article.title, article.author, article.source, *article.paragraphs]
+    assert [f.replace(" ", "") for f in fields] == ["ab", "cd", "gh", "ef"]
+
+
+def test_an_entry_that_cannot_be_normalized_is_a_bad_entry_error() -> None:
+    broken = entry(title=None)  # what no parser gives: the boundary still holds
+    with pytest.raises(BadEntryError, match="cannot be normalized"):
+        norm(broken)  # type: ignore[arg-type]
+
+
+def test_two_sites_with_the_same_relative_path_give_two_articles() -> None:
+    def article_of(site: str):
+        data = (f'<rss version="2.0"><channel><title>S</title><link>https://{site}/</link>'
+                "<item><title>T</title><link>/story/1</link></item></channel></rss>").encode()
+        parsed = parse_feed(data, url=f"https://{site}/feed.xml")
+        return normalize_entry(parsed.entries[0], parsed, feed_url=f"https://{site}/feed.xml",
+                               first_seen=FIRST_SEEN)
+
+    a, b = article_of("one.example"), article_of("two.example")
+    assert (a.url, b.url) == ("https://one.example/story/1", "https://two.example/story/1")
+    assert a.id != b.id

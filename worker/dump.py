@@ -223,10 +223,11 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _one_line(text: str) -> str:
-    text = _LINE_BREAK.sub(" ", text)
+    """One line with single spaces (tabs and line breaks are spaces), no control characters."""
+    text = " ".join(text.split())
     if not text.isprintable():
-        text = _CONTROL.sub("", text)
-    return " ".join(text.split())
+        text = " ".join(_CONTROL.sub("", _LINE_BREAK.sub(" ", text)).split())
+    return text
 
 
 def _wall_time(month: str, day: int, year: int, hour: int, minute: int, half: str) -> datetime:
