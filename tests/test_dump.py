@@ -298,7 +298,7 @@ def test_day_of_is_the_iso_day() -> None:
 
 def test_dump_of_makes_every_field_strict() -> None:
     dirty = article(datetime(2025, 1, 2, 3, 4, tzinfo=UTC), title=" \x9dTitle\x00  with\ttabs ",
-                    author="Au\x1fthor \ud800", paragraphs=("  One.  ", "", "\x85", "Two\x7f."))
+                    author="Au\x07thor \ud800", paragraphs=("  One.  ", "", "\x85", "Two\x7f."))
     dump = dump_of(dirty)
     assert (dump.title, dump.author, dump.paragraphs) == ("Title with tabs", "Author",
                                                           ("One.", "Two."))
