@@ -150,7 +150,7 @@ def _parse_xml_feed(data: bytes, content_type: str | None, url: str | None,
         raise NotAFeedError(_not_a_feed_message(data, content_type))
     feed = parsed.feed
     feed_link = _absolute(_capped(feed.get("link"), MAX_URL), url)
-    entries = _merged(parsed.entries, recovered)
+    entries = _merged(parsed.entries, recovered, base)
     return ParsedFeed(
         format=parsed.get("version") or "unknown",
         title=_capped(_plain_text(feed.get("title_detail")), MAX_TITLE),
@@ -162,38 +162,39 @@ def _parse_xml_feed(data: bytes, content_type: str | None, url: str | None,
     )
 
 
-def _merged(entries: list[Any], recovered: Recovered) -> list[tuple[Any, RecoveredEntry | None]]:
-    """feedparser's entries, each with lxml's reading of the same item, then the items only
-    lxml found. Paired by position when both found as many, else by link or id."""
+def _merged(entries: list[Any], recovered: Recovered,
+            base: str | None) -> list[tuple[Any, RecoveredEntry | None]]:
+    """feedparser's entries, each with lxml's reading of the same item, and the items only
+    lxml found. Paired by position when both found as many, else by link or id; in lxml's
+    document order when it found more (feedparser lost some), else in feedparser's."""
     theirs = list(recovered.entries)
     if len(theirs) == len(entries):
         return list(zip(entries, theirs, strict=True))
-    by_key = {}
-    for rec in theirs:
-        for key in (rec.link, rec.guid):
-            if key:
-                by_key.setdefault(key, rec)
-    pairs: list[tuple[Any, RecoveredEntry | None]] = []
-    used = set()
+    by_key: dict[str, Any] = {}
     for entry in entries:
-        rec = by_key.get(entry.get("link") or "") or by_key.get(entry.get("id") or "")
-        pairs.append((entry, rec))
-        if rec is not None:
-            used.add(id(rec))
-    pairs += [(None, rec) for rec in theirs
-              if id(rec) not in used and (rec.title or rec.body) and not _seen(rec, entries)]
-    return pairs
+        for key in (entry.get("link"), entry.get("id"), plain(entry.get("title"))):
+            if key:
+                by_key.setdefault(key, entry)
+    matched = {id(rec): next((by_key[k] for k in _keys(rec, base) if k in by_key), None)
+               for rec in theirs}
+    if len(theirs) > len(entries):
+        used = {id(e) for e in matched.values() if e is not None}
+        pairs = [(matched[id(rec)], rec) for rec in theirs]
+        return pairs + [(entry, None) for entry in entries if id(entry) not in used]
+    by_entry = {id(e): rec for rec in theirs if (e := matched[id(rec)]) is not None}
+    return [(entry, by_entry.get(id(entry))) for entry in entries]
 
 
-def _seen(rec: RecoveredEntry, entries: list[Any]) -> bool:
-    title = plain(rec.title)
-    return any(title and plain(e.get("title")) == title for e in entries)
+def _keys(rec: RecoveredEntry, base: str | None) -> list[str]:
+    """What may identify a recovered item among feedparser's: link, id, then its title."""
+    keys = [_absolute(rec.link, base), rec.link, rec.guid, _absolute(rec.guid, base)]
+    return [k for k in keys if k] + ([plain(rec.title)] if plain(rec.title) else [])
 
 
 def _entry_from_feedparser(entry: Any, rec: RecoveredEntry | None, *, base: str | None,
                            zone: str | None) -> FeedEntry:
     if entry is None:  # an item only the recovering parse found
-        entry = {}
+        entry = {"published": rec.published} if rec is not None else {}
     title = _own_title(entry, rec)
     body = _richest_body(entry)
     if rec is not None and not plain(body) and not plain(title):

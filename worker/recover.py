@@ -18,6 +18,7 @@ import lxml.etree as etree
 
 ENTRY_TAGS = frozenset({"item", "entry"})
 BODY_TAGS = ("encoded", "content", "description", "summary", "body")
+DATE_TAGS = ("pubdate", "published", "date", "issued", "updated", "modified")
 _SPACE = re.compile(r"\s+")
 _MARKUP = re.compile(r"<[^>]*>")
 # Namespaces whose children are the item's own fields (RSS 0.9x/2.0 have none).
@@ -35,6 +36,7 @@ class RecoveredEntry:
     body: str
     link: str | None
     guid: str | None
+    published: str | None = None    # the date as written (pubDate, published, updated, dc:date)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,15 @@ def _entry(item: etree._Element, base: str | None) -> RecoveredEntry:
     guid = (guid_el.text or "").strip() or None if guid_el is not None else None
     return RecoveredEntry(title=_markup(title_el) if title_el is not None else None,
                           nested_titles=nested, body=max(bodies, key=len, default=""),
-                          link=_link(own, base), guid=guid)
+                          link=_link(own, base), guid=guid, published=_date(own))
+
+
+def _date(children: list[etree._Element]) -> str | None:
+    for name in DATE_TAGS:
+        el = _first(children, name)
+        if el is not None and (el.text or "").strip():
+            return el.text.strip()
+    return None
 
 
 def _first(children: list[etree._Element], name: str) -> etree._Element | None:
