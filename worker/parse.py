@@ -169,7 +169,8 @@ def _merged(entries: list[Any], recovered: Recovered,
     document order when it found more (feedparser lost some), else in feedparser's."""
     theirs = list(recovered.entries)
     if len(theirs) == len(entries):
-        return list(zip(entries, theirs, strict=True))
+        return [(entry, rec if _agree(entry, rec, base) else None)
+                for entry, rec in zip(entries, theirs, strict=True)]
     by_key: dict[str, Any] = {}
     for entry in entries:
         for key in (entry.get("link"), entry.get("id"), plain(entry.get("title"))):
@@ -183,6 +184,18 @@ def _merged(entries: list[Any], recovered: Recovered,
         return pairs + [(entry, None) for entry in entries if id(entry) not in used]
     by_entry = {id(e): rec for rec in theirs if (e := matched[id(rec)]) is not None}
     return [(entry, by_entry.get(id(entry))) for entry in entries]
+
+
+def _agree(entry: Any, rec: RecoveredEntry, base: str | None) -> bool:
+    """Whether two readings at the same position are one item: same link (or id) where both
+    have one."""
+    link = entry.get("link")
+    if link and rec.link:
+        return link in (rec.link, _absolute(rec.link, base))
+    guid = entry.get("id")
+    if guid and rec.guid:
+        return guid in (rec.guid, _absolute(rec.guid, base))
+    return True
 
 
 def _keys(rec: RecoveredEntry, base: str | None) -> list[str]:

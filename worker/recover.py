@@ -34,7 +34,7 @@ class RecoveredEntry:
     title: str | None               # None: the item has no title element of its own
     nested_titles: frozenset[str]   # plain text of the title elements deeper inside it
     body: str
-    link: str | None
+    link: str | None                # as written, resolved against xml:base only
     guid: str | None
     published: str | None = None    # the date as written (pubDate, published, updated, dc:date)
 
@@ -49,19 +49,20 @@ NOTHING = Recovered(link=None, entries=())
 
 
 def recover_document(data: bytes, base: str | None) -> Recovered:
-    """The feed link and items lxml finds in UTF-8 bytes (entity declarations already gone);
-    NOTHING when it finds no root element."""
+    """The feed link (resolved against ``base``) and the items lxml finds in UTF-8 bytes
+    (entity declarations already gone); NOTHING when it finds no root element."""
     parser = etree.XMLParser(recover=True, resolve_entities=False, no_network=True,
                              load_dtd=False, huge_tree=False, remove_comments=True,
                              remove_pis=True)
     try:
-        root = etree.fromstring(data, parser, base_url=base)
+        # No base URL for the document: item links stay relative unless xml:base makes them
+        # absolute; parse resolves the rest against the feed's link, which is known only now.
+        root = etree.fromstring(data, parser)
     except (etree.Error, ValueError):
         return NOTHING
     if root is None:
         return NOTHING
-    entries = tuple(_entry(el, base) for el in root.iter(etree.Element)
-                    if _local(el) in ENTRY_TAGS)
+    entries = tuple(_entry(el) for el in root.iter(etree.Element) if _local(el) in ENTRY_TAGS)
     return Recovered(link=_feed_link(root, base), entries=entries)
 
 
@@ -72,7 +73,7 @@ def plain(markup: str | None) -> str:
     return _SPACE.sub(" ", html.unescape(_MARKUP.sub("", markup))).strip()
 
 
-def _entry(item: etree._Element, base: str | None) -> RecoveredEntry:
+def _entry(item: etree._Element) -> RecoveredEntry:
     own = [child for child in item if isinstance(child.tag, str)]
     title_el = _first(own, "title")
     nested = frozenset(plain(_markup(el)) for el in item.iter(etree.Element)
@@ -84,7 +85,7 @@ def _entry(item: etree._Element, base: str | None) -> RecoveredEntry:
     guid = (guid_el.text or "").strip() or None if guid_el is not None else None
     return RecoveredEntry(title=_markup(title_el) if title_el is not None else None,
                           nested_titles=nested, body=max(bodies, key=len, default=""),
-                          link=_link(own, base), guid=guid, published=_date(own))
+                          link=_link(own, None), guid=guid, published=_date(own))
 
 
 def _date(children: list[etree._Element]) -> str | None:
