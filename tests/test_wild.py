@@ -3,6 +3,7 @@ byte-identical 200s cost no parse, naive times are read in the configured zone."
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -41,6 +42,10 @@ HOSTILE = {
               ('<!DOCTYPE rss [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">'
                '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>').encode("utf-16-le")
               + rss_text(wild_item(9, "").replace("Item 9", "&c;")).decode().encode("utf-16-le")),
+    "/json": (200, {"Content-Type": "application/feed+json"}, json.dumps({
+        "version": "http://jsonfeed.org/version/1", "items": [
+            {"id": "s\udcff", "url": "https://wild.example/\ud800p", "title": "I&#039;m \udcff"}]})
+        .encode()),
 }
 
 
@@ -60,7 +65,7 @@ def test_no_feeds_bytes_or_headers_stop_the_run_or_the_other_feeds(tmp_path, red
     assert all(now < when < now + 2 * 86400 for when in due.values())  # numbers clamped
     assert due["ttl"] >= now + 86400 - 60  # a <ttl> is honoured up to a day
     texts = [path.read_text(encoding="utf-8") for path in dumps(tmp_path)]
-    assert len(texts) == 1 + 9  # every hostile item with a title or text became a dump
+    assert len(texts) == 1 + 10  # every hostile item with a title or text became a dump
     assert not any("aaaaaaaaaa" in text for text in texts)
 
 

@@ -146,6 +146,7 @@ def json_feeds() -> Iterator[HostileFeed]:
         {"title": "\ud800 lone surrogate", "content_text": "\x00\x1f text"},
         {"id": {"nested": True}, "url": ["not", "a", "string"], "title": 5},
         {"id": "3", "content_html": "<html><head></head></html>"},
+        {"id": "s\udcff", "url": "https://hostile.example/\ud800p", "title": "t\udcff"},
         "not an object", None, [], {"id": "4"},
     ]
     for version in ("https://jsonfeed.org/version/1", "http://jsonfeed.org/version/1",

@@ -84,8 +84,9 @@ def normalize_entry(entry: FeedEntry, feed: ParsedFeed, *, feed_url: str, first_
                            feed_name=feed_name, timezone=timezone, page=page)
     except Exception as exc:  # one entry's data must never stop its feed's other entries
         log.debug("normalize failed", exc_info=True)
-        raise BadEntryError(f"entry {entry.link or entry.guid or entry.title[:80]!r} cannot be "
-                            f"normalized: {type(exc).__name__}: {str(exc)[:120]}") from exc
+        which = entry.link or entry.guid or str(entry.title)[:80]
+        raise BadEntryError(f"entry {which!r} cannot be normalized: {type(exc).__name__}: "
+                            f"{str(exc)[:120]}") from exc
 
 
 def _normalized(entry: FeedEntry, feed: ParsedFeed, *, feed_url: str, first_seen: datetime,

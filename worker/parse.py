@@ -90,6 +90,7 @@ _FIRST_ELEMENT = re.compile(r"<\w")
 # A numeric character reference; more than 8 hex or 10 decimal digits is no character.
 _CHAR_REF = re.compile(r"&#(?:[xX]0*([0-9a-fA-F]{1,8})|0*([0-9]{1,10}));|&#(?:[xX][0-9a-fA-F]+|[0-9]+);")
 _ROOT_NAME = re.compile(rb"<([A-Za-z_][\w:.-]*)")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _PROLOG_ITEM_BYTES = re.compile(rb"\s*(?:<\?.*?\?>|<!--.*?-->)", re.S)
 _EMAIL = r"[^\s@()<>]+@[^\s()<>]+"
 _EMAIL_THEN_NAME = re.compile(rf"\s*{_EMAIL}\s*\((?P<name>[^()]+)\)\s*$")
@@ -392,10 +393,11 @@ def _entry_from_json(item: Any, *, base: str | None, zone: str | None) -> FeedEn
 
 
 def _json_str(value: Any) -> str | None:
-    """A JSON string (ids may be numbers); anything else counts as absent."""
+    """A JSON string (ids may be numbers) without lone surrogates (JSON can escape them, no
+    UTF-8 can hold them); anything else counts as absent."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    return str(value)
+    return _LONE_SURROGATE.sub("", str(value))
 
 
 def _json_text(value: Any) -> str | None:
