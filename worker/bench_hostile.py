@@ -133,6 +133,16 @@ def bodies() -> Iterator[HostileFeed]:
             "utf-8", "replace"))
 
 
+def broken_xml() -> Iterator[HostileFeed]:
+    text = "A paragraph of the story. " * 2_000  # ~50 KB an item
+    unclosed = "".join(f"<item><title>Item {i}</title><link>https://hostile.example/{i}</link>"
+                       f"<description>{text}" for i in range(300))
+    yield HostileFeed("broken", "300 items of 50 KB, none closed", _rss(unclosed).encode())
+    unclosed = "".join(f"<item><title>Item {i}" for i in range(5_000))
+    yield HostileFeed("broken", "5,000 unclosed titles", _rss(unclosed).encode())
+    yield HostileFeed("broken", "10,000 unclosed elements", _rss("<item>" + "<x>" * 10_000).encode())
+
+
 def numbers() -> Iterator[HostileFeed]:
     for ttl in ("999999999999999999999", "-5", "\u00b2", "\u0661\u0662", "1e9", "0x10",
                 "9" * 5000):
@@ -159,7 +169,7 @@ def json_feeds() -> Iterator[HostileFeed]:
 def hostile_feeds() -> list[HostileFeed]:
     """Every generated hostile input, class by class."""
     return [*entity_bombs(), *character_references(), *charsets(), *dates(), *bodies(),
-            *numbers(), *json_feeds()]
+            *broken_xml(), *numbers(), *json_feeds()]
 
 
 def render_all(feed: HostileFeed) -> tuple[str | None, list[str]]:
@@ -221,7 +231,7 @@ def bench_hostile(quick: bool) -> None:
     results = measure_in_child()
     worst = max(results, key=lambda r: r["seconds"])
     print(f"hostile {len(results)} generated hostile feeds (entity bombs in 9 encodings, "
-          "character references, charsets, dates, bodies, numbers, JSON)")
+          "character references, charsets, dates, bodies, broken XML, numbers, JSON)")
     for kind in dict.fromkeys(r["kind"] for r in results):
         of_kind = [r for r in results if r["kind"] == kind]
         slowest = max(of_kind, key=lambda r: r["seconds"])

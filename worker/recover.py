@@ -76,7 +76,7 @@ def plain(markup: str | None) -> str:
 def _entry(item: etree._Element) -> RecoveredEntry:
     own = [child for child in item if isinstance(child.tag, str)]
     title_el = _first(own, "title")
-    nested = frozenset(plain(_markup(el)) for el in item.iter(etree.Element)
+    nested = frozenset(plain(_markup(el)) for el in _inside(item)
                        if _local(el) == "title" and el.getparent() is not item)
     bodies = [_markup(el) for el in own if _local(el) in BODY_TAGS]
     guid_el = _first(own, "guid")
@@ -104,14 +104,32 @@ def _first(children: list[etree._Element], name: str) -> etree._Element | None:
 
 
 def _markup(el: etree._Element) -> str:
-    """An element's content as HTML: escaped text as written, child elements serialized."""
+    """An element's content as HTML: escaped text as written, child elements serialized, up
+    to the first item swallowed by a missing closing tag (that one is an item of its own)."""
     kind = (el.get("type") or "").lower()
     if len(el) == 0:
         text = el.text or ""
         return html.escape(text, quote=False) if kind in ("text", "text/plain") else text
-    inner = html.escape(el.text or "", quote=False)
-    inner += "".join(etree.tostring(child, encoding="unicode", with_tail=True) for child in el)
-    return inner
+    parts = [html.escape(el.text or "", quote=False)]
+    for child in el:
+        if _local(child) in ENTRY_TAGS:
+            break
+        parts.append(etree.tostring(child, encoding="unicode", with_tail=True))
+    return "".join(parts)
+
+
+def _inside(item: etree._Element) -> list[etree._Element]:
+    """The elements inside an item, without those of the items nested in it by broken XML
+    (walking them from every enclosing item would cost the square of their number)."""
+    out: list[etree._Element] = []
+    todo = [child for child in reversed(item) if isinstance(child.tag, str)]
+    while todo:
+        el = todo.pop()
+        if _local(el) in ENTRY_TAGS:
+            continue
+        out.append(el)
+        todo.extend(child for child in reversed(el) if isinstance(child.tag, str))
+    return out
 
 
 def _feed_link(root: etree._Element, base: str | None) -> str | None:
