@@ -70,15 +70,15 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
                               f"unexpected {type(exc).__name__}: {str(exc)[:200]}", None, None)
     if parsed is None:  # 304, or a 200 with the bytes of the last successful parse
         outcome.update(failures=0, error="", last_ok=now)
-        log.info("feed=%s outcome=%s status=%s", feed.name, outcome["outcome"].replace(" ", "-"),
-                 outcome["status"], extra=ids)
+        log.debug("feed=%s outcome=%s status=%s", feed.name, outcome["outcome"].replace(" ", "-"),
+                  outcome["status"], extra=ids)
         return record_poll(feed, store, state, outcome, now, next_due_after_success(now, feed.every))
     fresh = new_entries(feed, parsed, store, fetcher)
     if fresh:
         submit(feed, parsed, fresh)
     outcome.update(outcome="ok", error="", failures=0, new_items=len(fresh), last_ok=now,
                    **item_rhythm(parsed, bool(fresh), now))
-    log.info("feed=%s outcome=ok status=%s entries=%d new=%d", feed.name, outcome["status"],
+    log.debug("feed=%s outcome=ok status=%s entries=%d new=%d", feed.name, outcome["status"],
              len(parsed.entries), len(fresh), extra=ids)
     return record_poll(feed, store, state, outcome, now,
                        next_due_after_success(now, feed.every, parsed.ttl_minutes))
