@@ -21,7 +21,14 @@ import click
 
 from worker import __version__, embedded, failures
 from worker.config import Config, FeedConfig, load_config
-from worker.errors import ConfigError, DumpFormatError, FetchError, NotAFeedError, ServiceError
+from worker.errors import (
+    BadEntryError,
+    ConfigError,
+    DumpFormatError,
+    FetchError,
+    NotAFeedError,
+    ServiceError,
+)
 from worker.redact import redact_std_streams, redact_url, remember, url_outline
 from worker.settings import LOG_LEVELS, Settings
 
@@ -138,7 +145,7 @@ def normalize(sources: tuple[str, ...], out_dir: str, full_text: str | None,
                 data, content_type = result.content, result.content_type
             else:
                 data, content_type = Path(source).read_bytes(), None
-            parsed = parse_feed(data, content_type)
+            parsed = parse_feed(data, content_type, url=str(feed.url), timezone=feed.timezone)
         except (OSError, FetchError, NotAFeedError) as exc:
             click.echo(f"{source}: {exc}", err=True)
             failed = True
@@ -148,8 +155,12 @@ def normalize(sources: tuple[str, ...], out_dir: str, full_text: str | None,
             page = None
             if needs_full_text(feed.full_text, html_to_paragraphs(entry.content_html)):
                 page = fetch_full_text(feed, entry, fetcher)
-            article = normalize_entry(entry, parsed, feed_url=feed.url, first_seen=now,
-                                      feed_name=feed.name, timezone=feed.timezone, page=page)
+            try:
+                article = normalize_entry(entry, parsed, feed_url=feed.url, first_seen=now,
+                                          feed_name=feed.name, timezone=feed.timezone, page=page)
+            except BadEntryError as exc:  # skipped; the feed's other entries go on
+                click.echo(f"{source}: skipped an entry: {exc}", err=True)
+                continue
             click.echo(str(write_dump(Path(out_dir), article, next_seq)))
     fetcher.close()
     sys.exit(1 if failed else 0)
@@ -749,20 +760,24 @@ def webhook_list(config: str | None) -> None:
     _table(rows)
 
 
-BENCH_PARTS = ("parse", "match", "backtest", "dedupe", "poll", "latency", "deliver")
+BENCH_PARTS = ("parse", "match", "backtest", "dedupe", "poll", "latency", "deliver", "unchanged",
+               "hostile", "corpus")
 
 
 @main.command()
 @click.option("--quick", is_flag=True, help="Smaller inputs: a rough figure in seconds.")
 @click.option("--only", multiple=True, type=click.Choice(BENCH_PARTS),
               help="Run only this part (repeatable).")
+@click.option("--corpus", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of feed files for the corpus part (tracebacks, hangs, lost entries "
+                   "and malformed dumps counted).")
 @click.argument("parts", nargs=-1, type=click.Choice(BENCH_PARTS))
-def bench(quick: bool, only: tuple[str, ...], parts: tuple[str, ...]) -> None:
+def bench(quick: bool, only: tuple[str, ...], corpus: str | None, parts: tuple[str, ...]) -> None:
     """Print speed figures (per core) for each stage of the pipeline: all of them, or the
     PARTS named (`newsmon bench match` is `newsmon bench --only match`)."""
     from worker.bench import run_benchmarks
 
-    run_benchmarks(quick=quick, only={*only, *parts})
+    run_benchmarks(quick=quick, only={*only, *parts}, corpus=corpus)
 
 
 

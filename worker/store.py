@@ -1,7 +1,8 @@
 """All of newsmon's state in Redis: every key name, TTL and Lua script lives here.
 
 Keys (prefix ``newsmon:``):
-    feed:{name}          hash    fetch state of a feed (etag, last outcome, failures, next due)
+    feed:{name}          hash    fetch state of a feed (etag, last outcome, failures, next due,
+                                 body_hash: sha256 of the last body parsed, to skip it if repeated)
     due                  zset    feed name -> next due time; handing out is one script (atomic)
     art:{article id}     hash    story, new (0/1), seq, done (0/1): makes processing idempotent
     id:url|guid|fp:{k}   string  story id for an exact key (TTL: retention window)
