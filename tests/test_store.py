@@ -1,6 +1,7 @@
 """The Redis store against a real Redis: claims are atomic and idempotent."""
 
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from worker.models import Article
 from worker.store import Store
 
 pytestmark = pytest.mark.integration
+T0 = time.time()  # the store's expiry is absolute: times are near the wall clock
 
 BODY = ("Japan's imports of liquefied natural gas rose in January as utilities stocked up "
         "for a cold snap, the finance ministry said on Thursday, with shipments from Australia "
@@ -67,7 +69,7 @@ def test_removed_feeds_stop_and_new_feeds_start(store):
 
 def test_the_same_story_at_two_workers_at_once_is_one_story(store):
     copies = [article(f"{i:016x}", f"https://site{i}.example/story?utm_source=x") for i in range(8)]
-    claims = run_at_once(8, lambda i: store.claim_story(copies[i].id, story_keys(copies[i]), 1.0))
+    claims = run_at_once(8, lambda i: store.claim_story(copies[i].id, story_keys(copies[i]), T0))
     assert sum(c.is_new for c in claims) == 1
     assert len({c.story_id for c in claims}) == 1
     assert store.stats() == {"articles": 8, "stories": 1, "duplicates": 7, "alerts": 0}
@@ -82,20 +84,20 @@ def test_a_reprint_with_an_added_sentence_is_the_same_story(store):
                     body="Japan cut its imports of liquefied natural gas in March as nuclear "
                          "reactors restarted and mild weather curbed demand for heating, "
                          "according to preliminary customs data released on Monday.")
-    assert store.claim_story(first.id, story_keys(first), 1).is_new
-    assert store.claim_story(reprint.id, story_keys(reprint), 2).story_id == first.id
-    assert store.claim_story(other.id, story_keys(other), 3).is_new
+    assert store.claim_story(first.id, story_keys(first), T0 + 1).is_new
+    assert store.claim_story(reprint.id, story_keys(reprint), T0 + 2).story_id == first.id
+    assert store.claim_story(other.id, story_keys(other), T0 + 3).is_new
 
 
 def test_claiming_an_article_again_counts_it_once(store):
     a = article("d" * 16, "https://one.example/d")
     b = article("e" * 16, "https://one.example/d?fbclid=123")
-    first = store.claim_story(a.id, story_keys(a), 1)
-    again = store.claim_story(a.id, story_keys(a), 2)  # a retried task
+    first = store.claim_story(a.id, story_keys(a), T0 + 1)
+    again = store.claim_story(a.id, story_keys(a), T0 + 2)  # a retried task
     assert (again.story_id, again.is_new, first.fresh, again.fresh) == (first.story_id, True, True,
                                                                        False)
-    assert store.claim_story(b.id, story_keys(b), 3).story_id == first.story_id
-    assert store.claim_story(b.id, story_keys(b), 4).story_id == first.story_id
+    assert store.claim_story(b.id, story_keys(b), T0 + 3).story_id == first.story_id
+    assert store.claim_story(b.id, story_keys(b), T0 + 4).story_id == first.story_id
     assert store.stats()["duplicates"] == 1
     assert store.story(first.story_id)["copies"] == "2"
 
@@ -103,45 +105,49 @@ def test_claiming_an_article_again_counts_it_once(store):
 def test_story_keys_expire_after_the_retention_window(redis_url):
     s = Store.from_url(redis_url, retention_days=1)
     a = article("f" * 16, "https://one.example/f")
-    s.claim_story(a.id, story_keys(a), 1)
-    ttls = [s.r.ttl(k) for k in s.r.scan_iter("newsmon:id:*")]
-    assert ttls and all(0 < t <= 86400 for t in ttls)
+    s.claim_story(a.id, story_keys(a), time.time())
+    keys = [k for k in s.r.scan_iter("newsmon:{idx}:*") if not k.endswith((":ver", ":stats"))]
+    ttls = {k: s.r.ttl(k) for k in keys}
+    assert ttls and all(0 < t <= 86400 for k, t in ttls.items() if ":b:" not in k)
+    # band entries live while their epoch (half a window) is among the three read
+    assert all(0 < t <= 1.5 * 86400 for k, t in ttls.items() if ":b:" in k)
     s.r.close()
 
 
 def test_a_story_is_remembered_for_the_retention_window_after_its_last_copy(redis_url):
-    import time
-
     s = Store.from_url(redis_url, retention_days=4.5 / 86400)  # 4 s
     first = article("1" * 16, "https://one.example/1")
     copies = [article(str(n) * 16, f"https://{n}.example/{n}",
                       body=BODY + f" Analysts expect {n} more cargoes this quarter.")
               for n in (2, 3)]
-    s.claim_story(first.id, story_keys(first), 1)
+    s.claim_story(first.id, story_keys(first), time.time())
     time.sleep(2.5)
-    assert s.claim_story(copies[0].id, story_keys(copies[0]), 2).story_id == first.id
+    assert s.claim_story(copies[0].id, story_keys(copies[0]), time.time()).story_id == first.id
     time.sleep(2.5)  # 5 s after the first copy, 2.5 s after the last
-    assert s.claim_story(copies[1].id, story_keys(copies[1]), 3).story_id == first.id
+    assert s.claim_story(copies[1].id, story_keys(copies[1]), time.time()).story_id == first.id
     s.r.close()
 
 
 def test_dump_sequence_is_stable_for_an_article(store):
-    assert store.claim_seq("a" * 16, "2025-02-06") == 0
-    assert store.claim_seq("b" * 16, "2025-02-06") == 1
-    assert store.claim_seq("a" * 16, "2025-02-06") == 0
-    assert store.claim_seq("a" * 16, "2025-02-06", force_new=True) == 2
-    assert store.claim_seq("c" * 16, "2025-02-07") == 0
+    assert store.claim_seq("a" * 16, "2025-02-06", T0) == 0
+    assert store.claim_seq("b" * 16, "2025-02-06", T0) == 1
+    assert store.claim_seq("a" * 16, "2025-02-06", T0) == 0
+    assert store.claim_seq("a" * 16, "2025-02-06", T0, force_new=True) == 2
+    assert store.claim_seq("c" * 16, "2025-02-07", T0) == 0
 
 
 def test_a_watchlist_fires_once_per_story(store):
-    results = run_at_once(6, lambda i: store.claim_alert(
-        "story1", "japan", f"alert_{i}", {"id": f"alert_{i}", "watchlist": "japan"}, 10.0))
+    def record(i):
+        return {"id": f"alert_{i}", "watchlist": "japan", "article": {"id": f"{i:016x}"}}
+
+    results = run_at_once(6, lambda i: store.claim_alert("story1", "japan", f"alert_{i}",
+                                                         record(i), T0))
     assert sum(new for _, new in results) == 1
     assert len({aid for aid, _ in results}) == 1
-    assert store.claim_alert("story1", "lng", "alert_x", {"id": "alert_x"}, 11.0)[1]
+    assert store.claim_alert("story1", "lng", "alert_x", record(9), T0 + 1)[1]
     assert store.stats()["alerts"] == 2
-    assert store.r.xlen("newsmon:alerts") == 2
-    assert store.r.zcard("newsmon:outbox") == 2
+    assert store.r.xlen(store.keys.alerts) == 2
+    assert store.r.zcard(store.keys.outbox) == 2
 
 
 def test_the_suite_uses_a_redis_it_started(redis_url, tmp_path_factory):

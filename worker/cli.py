@@ -418,7 +418,13 @@ def alerts_show(config: str | None, as_json: bool, alert_id: str) -> None:
 
     settings = _settings(config)
     with _redis(settings) as url:
-        record = Store.from_url(url).alert(alert_id)
+        store = Store.from_url(url)
+        record, gone = store.alert(alert_id), store.alert_gone(alert_id)
+    if record is None and gone is not None:
+        raise click.ClickException(
+            f"alert {alert_id} aged out: removed {_iso(gone)}, "
+            f"{settings.alert_retention_days:g} days after its last attempt "
+            f"(NEWSMON_ALERT_RETENTION_DAYS)")
     if record is None:
         raise click.ClickException(f"no alert {alert_id}")
     attempts = [{**a, "at": _iso(a["at"]), "next": _iso(a.get("next"))}

@@ -30,6 +30,7 @@ from worker.deliver import (
     destinations,
     ping_webhook,
     remember_secrets,
+    webhook_digest,
 )
 from worker.errors import ConfigError
 from worker.fetch import Fetcher, parse_networks
@@ -56,7 +57,8 @@ class Service:
 
     @cached_property
     def store(self) -> Store:
-        return Store.from_url(self.redis_url, self.settings.retention_days)
+        return Store.from_url(self.redis_url, self.settings.retention_days,
+                              self.settings.alert_retention_days)
 
     @cached_property
     def fetcher(self) -> Fetcher:
@@ -82,6 +84,7 @@ class Service:
         """One beat tick: follow the configuration, then hand out each due feed once."""
         config = self.config()
         self.store.sync_feeds([f.name for f in config.feeds], now)
+        self.store.keep_disabled({webhook_digest(hook) for hook in config.webhooks.values()})
         self.store.mark_beat(now)
         feeds = {f.name: f for f in config.feeds}
         return [feeds[name] for name, _ in self.store.claim_due(now, CLAIM_LEASE) if name in feeds]
@@ -108,6 +111,7 @@ class Service:
         failed = [(f.name, o.get("error")) for f, o in zip(config.feeds, outcomes, strict=True)
                   if o.get("outcome") == "failed"]
         deliveries = self.deliver_until_done(alerts, delivery_timeout, workers=2 * workers)
+        self.store.forget_alerts(time.time())
         return {"feeds": len(config.feeds), "failed": failed,
                 "new_items": sum(o.get("new_items", 0) for o in outcomes), "alerts": alerts,
                 "deliveries": deliveries}

@@ -33,6 +33,7 @@ class Settings:
     allow_networks: tuple[str, ...]
     tick_seconds: float              # how often beat hands out due feeds
     retention_days: float            # how long story identity keys live
+    alert_retention_days: float      # how long finished alerts are kept after their last attempt
     visibility_timeout: float        # seconds before an unacknowledged task is delivered again
     metrics_port: int | None
     log_format: str                  # text | json
@@ -58,6 +59,7 @@ class Settings:
             allow_networks=allow,
             tick_seconds=_float(env, "NEWSMON_TICK_SECONDS", 5.0),
             retention_days=_float(env, "NEWSMON_RETENTION_DAYS", 30.0),
+            alert_retention_days=_float(env, "NEWSMON_ALERT_RETENTION_DAYS", 30.0),
             visibility_timeout=_float(env, "NEWSMON_VISIBILITY_TIMEOUT", 1800.0),
             metrics_port=int(port) if port else None,
             log_format=log_format,

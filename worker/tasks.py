@@ -75,6 +75,7 @@ def send_deliveries(claims: list[DeliveryClaim]) -> None:
 @app.task(base=NewsmonTask, name="newsmon.deliver_due")
 def deliver_due() -> None:
     send_deliveries(service().claim_deliveries(time.time()))
+    service().store.forget_alerts(time.time())  # finished alerts past their retention
 
 
 @app.task(base=NewsmonTask, name="newsmon.deliver")
