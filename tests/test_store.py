@@ -156,3 +156,78 @@ def test_the_suite_uses_a_redis_it_started(redis_url, tmp_path_factory):
     folder = client.config_get("dir")["dir"]
     client.close()
     assert Path(folder).resolve().is_relative_to(tmp_path_factory.getbasetemp().resolve())
+
+
+def generated_claims(n: int, seed: int = 5):
+    """Articles as a claim sees them: originals, reprints near and below the threshold,
+    repeated URLs and fingerprints, and a hot band that most stories share, over a clock that
+    runs through several retention windows so that the hot band fills with expired ids."""
+    import random
+
+    from worker.dedupe import NUM_PERM, ROWS, StoryKeys, band_keys
+
+    rng = random.Random(seed)
+    boiler = [rng.getrandbits(32) for _ in range(ROWS)]
+    bases: list[tuple[int, ...]] = []
+    t = 0
+    for i in range(n):
+        t += rng.choice((1, 2, 3, 5, 8))
+        roll = rng.random()
+        if bases and roll < 0.55:
+            base = rng.choice(bases[-40:])
+            keep = rng.choice((0.95, 0.8, 0.7, 0.6, 0.5, 0.3))
+            sig = tuple(v if rng.random() < keep else rng.getrandbits(32) for v in base)
+        else:
+            sig = tuple(rng.getrandbits(32) for _ in range(NUM_PERM))
+            if rng.random() < 0.7:
+                sig = (*boiler, *sig[ROWS:])  # the hot band
+            bases.append(sig)
+        url = f"https://u{rng.randrange(n // 3)}.example/" if rng.random() < 0.3 else None
+        fp = f"{rng.randrange(n // 4):032x}" if rng.random() < 0.2 else f"{i:032x}"
+        yield f"{i:016x}", StoryKeys(url, None, fp, sig, band_keys(sig)), t
+
+
+def test_memory_and_redis_indexes_decide_alike(redis_url):
+    """One decision: the in-memory index and the Redis index run the same claim algorithm
+    over their storage, and give the same story for every one of thousands of claims."""
+    from worker.dedupe import MemoryStoryIndex
+
+    retention = 400.0
+    s = Store.from_url(redis_url, retention_days=retention / 86400)
+    memory = MemoryStoryIndex(retention=retention)
+    base = int(time.time())
+    results = {"same": 0, "new": 0, "copies": 0}
+    for aid, keys, t in generated_claims(3000):
+        now = base + t
+        expected = memory.claim(keys, aid, now, article_id=aid)
+        got = s.claim_story(aid, keys, now)
+        assert (got.story_id, got.is_new) == expected, (aid, t)
+        results["same"] += 1
+        results["new" if got.is_new else "copies"] += 1
+        if t % 97 == 0:  # a retried claim returns the first answer in both
+            assert memory.claim(keys, "other", now + 1, article_id=aid) == expected
+            assert s.claim_story(aid, keys, now + 1)[:2] == expected
+    # the corpus exercised both outcomes, over more than 10 retention windows
+    assert results["new"] > 500 and results["copies"] > 500 and t > 10 * retention
+    s.r.close()
+
+
+def test_a_claim_reads_a_bounded_number_of_candidates(redis_url):
+    """A band that every story shares costs no more than BAND_CAP ids per epoch read."""
+    from worker.dedupe import BAND_CAP, EPOCHS_READ
+
+    s = Store.from_url(redis_url)
+    base = time.time()
+    claims = list(generated_claims(600, seed=7))
+    for aid, keys, t in claims:
+        s.claim_story(aid, keys, base + t)
+    for bucket in s.r.scan_iter(s.keys.band(0, "*").replace(":0:", ":*:")):
+        for value in s.r.hvals(bucket):
+            assert len(value.split()) <= BAND_CAP
+    aid, keys, t = claims[-1]
+    from worker.dedupe import epoch_of
+
+    epoch = epoch_of(base + t, s.ttl)
+    read = s.index.read("f" * 16, keys, (epoch - 2, epoch - 1, epoch), base + t)
+    assert len(read.members) <= BAND_CAP * len(keys.bands) * EPOCHS_READ
+    s.r.close()

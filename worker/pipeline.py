@@ -262,6 +262,9 @@ def write_story_dump(store: Store, dump_dir: Path, article_id: str, text: str,
                      now: float) -> Path:
     """Write the dump at the sequence number Redis assigned this article (the same on retries,
     where ``place_dump`` finds its own file)."""
+    recorded = store.article_file(article_id)
+    if recorded:  # an earlier run wrote and recorded it
+        return Path(recorded)
     day = day_of(parse_dump(text).published)
     seq = store.claim_seq(article_id, day, now)
     while not place_dump(dump_path(dump_dir, day, seq, article_id), text):

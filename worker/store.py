@@ -278,7 +278,7 @@ end
 _RECORD_ARTICLE = _NEXT_ID + """
 if redis.call('HGET', KEYS[1], 'streamed') then return 0 end
 redis.call('XADD', KEYS[2], next_id(KEYS[2], ARGV[2]), 'article', ARGV[1])
-redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[3])
+redis.call('XTRIM', KEYS[2], 'MINID', ARGV[3])
 redis.call('HSET', KEYS[1], 'streamed', 1, 'file', ARGV[4])
 return 1
 """
@@ -317,7 +317,7 @@ redis.call('HSET', KEYS[1], 'data', ARGV[2], 'state', 'pending', 'created', ARGV
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('XADD', KEYS[4], next_id(KEYS[4], ARGV[6]), 'alert', ARGV[5])
-redis.call('XTRIM', KEYS[4], 'MINID', '~', ARGV[7])
+redis.call('XTRIM', KEYS[4], 'MINID', ARGV[7])
 redis.call('HINCRBY', KEYS[5], 'alerts', 1)
 return 1
 """
@@ -612,6 +612,10 @@ class Store:
             args=[json.dumps(article_json), _ms(now), _ms(now - self.ttl),
                   article_json.get("file") or ""]))
 
+    def article_file(self, article_id: str) -> str | None:
+        """The dump file recorded for this article (with its stream entry), if any."""
+        return self.r.hget(self.keys.art(article_id), "file") or None
+
     def mark_done(self, article_id: str) -> None:
         self._mark_done(keys=[self.keys.art(article_id)])
 
@@ -653,9 +657,13 @@ class Store:
         return self.r.zscore(self.keys.gone, alert_id)
 
     def forget_alerts(self, now: float) -> int:
-        """Remove the finished alerts whose retention ran out; returns how many went."""
+        """Remove the finished alerts whose retention ran out, and stream entries older than their
+        retention; returns how many alerts went."""
         k = self.keys
         removed = 0
+        # the streams are trimmed when they grow; also here, for a service gone quiet
+        self.r.xtrim(k.alerts, minid=_ms(now - self.alert_ttl))
+        self.r.xtrim(k.articles, minid=_ms(now - self.ttl))
         while True:
             ids = self.r.zrangebyscore(k.expiry, "-inf", now, start=0, num=FORGET_BATCH)
             if not ids:
