@@ -231,3 +231,22 @@ def test_a_claim_reads_a_bounded_number_of_candidates(redis_url):
     read = s.index.read("f" * 16, keys, (epoch - 2, epoch - 1, epoch), base + t)
     assert len(read.members) <= BAND_CAP * len(keys.bands) * EPOCHS_READ
     s.r.close()
+
+
+def test_a_hand_out_runs_one_fetch_within_its_lease(store):
+    now = time.time()
+    store.sync_feeds(["a", "b"], now)
+    handed = store.claim_due(now, lease=900, token="t1")
+    assert sorted(n for n, _ in handed) == ["a", "b"]
+    assert store.begin_fetch("a", "t1", now + 1)
+    store.record_fetch("a", {"outcome": "ok"}, next_due=now + 1900)
+    assert not store.begin_fetch("a", "t1", now + 2)       # the same message delivered again
+    assert not store.begin_fetch("b", "other", now + 2)    # not this hand-out's token
+    # a backlog: b's message waited past its lease, and b was handed out again meanwhile
+    again = store.claim_due(now + 901, lease=900, token="t2")
+    assert [n for n, _ in again] == ["b"]
+    assert not store.begin_fetch("b", "t1", now + 902)
+    assert store.begin_fetch("b", "t2", now + 902)
+    # a message past its lease that was not handed out again yet does not run either
+    store.claim_due(now + 2000, lease=900, token="t3")
+    assert not store.begin_fetch("a", "t3", now + 2901)

@@ -4,6 +4,7 @@ dump, match, alert. Celery tasks and ``newsmon run --once`` both call these two 
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -84,7 +85,8 @@ def _poll(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float, submit: 
         if result.not_modified:
             outcome.update(outcome="not modified", failures=0, error="", last_ok=now)
             log.info("feed=%s outcome=not-modified status=304", feed.name, extra=ids)
-            return record_poll(feed, store, state, outcome, now, next_due_after_success(now, feed.every))
+            return record_poll(feed, store, state, outcome, now,
+                               next_due_after_success(now, feed.every, jitter=random.random()))
         parsed = parse_feed(result.content, result.content_type)
     except (FetchError, NotAFeedError) as exc:  # validators of an answer that is no feed: not kept
         reason = exc.reason if isinstance(exc, FetchError) else str(exc)
@@ -106,7 +108,8 @@ def _poll(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float, submit: 
     log.info("feed=%s outcome=ok status=%s entries=%d new=%d", feed.name, outcome["status"],
              len(parsed.entries), len(fresh), extra=ids)
     return record_poll(feed, store, state, outcome, now,
-                       next_due_after_success(now, feed.every, parsed.ttl_minutes))
+                       next_due_after_success(now, feed.every, parsed.ttl_minutes,
+                                              jitter=random.random()))
 
 
 def item_rhythm(parsed: ParsedFeed, any_new: bool, now: float) -> dict[str, float]:

@@ -82,12 +82,18 @@ class Service:
 
     def due_feeds(self, now: float) -> list[FeedConfig]:
         """One beat tick: follow the configuration, then hand out each due feed once."""
+        return [feed for feed, _ in self.hand_out(now)]
+
+    def hand_out(self, now: float) -> list[tuple[FeedConfig, str]]:
+        """Like due_feeds, with the hand-out's token that the fetch must present."""
         config = self.config()
         self.store.sync_feeds([f.name for f in config.feeds], now)
         self.store.keep_disabled({webhook_digest(hook) for hook in config.webhooks.values()})
         self.store.mark_beat(now)
         feeds = {f.name: f for f in config.feeds}
-        return [feeds[name] for name, _ in self.store.claim_due(now, CLAIM_LEASE) if name in feeds]
+        token = uuid.uuid4().hex
+        return [(feeds[name], token) for name, _ in
+                self.store.claim_due(now, CLAIM_LEASE, token=token) if name in feeds]
 
     def poll(self, feed: FeedConfig, submit: Submit) -> dict[str, Any]:
         return poll_feed(feed, self.store, self.fetcher, time.time(), submit)

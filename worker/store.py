@@ -77,6 +77,8 @@ class Lifetime(NamedTuple):
 LIFETIMES: list[Lifetime] = [
     Lifetime("{sched}:due", "zset", "config", "one member per configured feed (sync_feeds)"),
     Lifetime("{sched}:beat", "string", "fixed", "one key: the last tick's time"),
+    Lifetime("{sched}:lease", "hash", "config",
+             "feed -> token of its latest hand-out, until its fetch begins; removed feeds go"),
     Lifetime("{f:<feed>}:feed", "hash", "config",
              "fetch state of a configured feed; deleted when the feed leaves the configuration"),
     Lifetime("{f:<feed>}:ids", "set", "config",
@@ -120,7 +122,8 @@ class Keys:
 
     def __init__(self, prefix: str = PREFIX):
         p = self.p = prefix
-        self.due, self.beat = p + "{sched}:due", p + "{sched}:beat"
+        self.due, self.beat, self.lease = p + "{sched}:due", p + "{sched}:beat", \
+            p + "{sched}:lease"
         self.version, self.articles, self.idx_stats = p + "{idx}:ver", p + "{idx}:articles", \
             p + "{idx}:stats"
         self.expiry, self.gone, self.by_time = p + "{out}:expiry", p + "{out}:gone", \
@@ -167,16 +170,29 @@ class Keys:
 
 
 # -- scheduling ---------------------------------------------------------------------------------
-# KEYS: due. ARGV: now, lease, limit
+# Hand out the due feeds: each one's due time moves a lease ahead, and the hand-out's token is
+# noted, so that only one fetch per hand-out runs (begin_fetch), and only within its lease.
+# KEYS: due, lease. ARGV: now, lease, limit, token
 _CLAIM_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
 local out = {}
 for i = 1, #due, 2 do
   redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), due[i])
+  redis.call('HSET', KEYS[2], due[i], ARGV[4])
   table.insert(out, due[i])
   table.insert(out, due[i + 1])
 end
 return out
+"""
+
+# A fetch begins only with the token of the feed's latest hand-out, within its lease; the
+# token is used up. KEYS: due, lease. ARGV: feed, token, now. Returns 1 to go ahead.
+_BEGIN_FETCH = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+local leased = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
+redis.call('HDEL', KEYS[2], ARGV[1])
+if leased <= tonumber(ARGV[3]) then return 0 end
+return 1
 """
 
 # -- story identity -------------------------------------------------------------------------------
@@ -456,6 +472,7 @@ class Store:
         self.ttl = retention_days * 86400
         self.alert_ttl = alert_retention_days * 86400
         self._claim_due = client.register_script(_CLAIM_DUE)
+        self._begin_fetch = client.register_script(_BEGIN_FETCH)
         self._first_text = client.register_script(_FIRST_TEXT)
         self._claim_seq = client.register_script(_CLAIM_SEQ)
         self._record_article = client.register_script(_RECORD_ARTICLE)
@@ -490,13 +507,24 @@ class Store:
         removed = set(scheduled) - set(names)
         if removed:
             self.r.zrem(self.keys.due, *removed)
+            self.r.hdel(self.keys.lease, *removed)
             for name in removed:
                 self.r.delete(self.keys.feed(name), self.keys.feed_ids(name))
 
-    def claim_due(self, now: float, lease: float, limit: int = 10_000) -> list[tuple[str, float]]:
-        """Hand out the feeds due at ``now``, each once: their due time moves ``lease`` ahead."""
-        flat = self._claim_due(keys=[self.keys.due], args=[now, lease, limit])
+    def claim_due(self, now: float, lease: float, limit: int = 10_000,
+                  token: str = "") -> list[tuple[str, float]]:
+        """Hand out the feeds due at ``now``, each once: their due time moves ``lease`` ahead
+        and ``token`` is noted as the hand-out's (see begin_fetch)."""
+        flat = self._claim_due(keys=[self.keys.due, self.keys.lease],
+                               args=[now, lease, limit, token])
         return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def begin_fetch(self, name: str, token: str, now: float) -> bool:
+        """Whether a fetch handed out with ``token`` may run: it is the feed's latest hand-out,
+        not begun before, and its lease has not run out (a backlog never fetches a feed twice
+        for one due time)."""
+        return bool(self._begin_fetch(keys=[self.keys.due, self.keys.lease],
+                                      args=[name, token, now]))
 
     def set_due(self, name: str, when: float) -> None:
         # XX: a feed removed from the configuration while it was being fetched stays removed.

@@ -13,6 +13,7 @@ from worker.app import app, broker_url, settings
 from worker.config import FeedConfig
 from worker.models import ParsedFeed
 from worker.pipeline import Fresh
+from worker.schedule import CLAIM_LEASE
 from worker.sentry import tag
 from worker.service import Service, decode_batch, encode_batch
 from worker.store import DeliveryClaim
@@ -35,8 +36,9 @@ class NewsmonTask(Task):
 
 @app.task(base=NewsmonTask, name="newsmon.tick")
 def tick() -> None:
-    for feed in service().due_feeds(time.time()):
-        fetch.delay(feed.name)
+    for feed, token in service().hand_out(time.time()):
+        # dropped by the worker once its lease is over: the feed is handed out anew by then
+        fetch.apply_async((feed.name, token), expires=CLAIM_LEASE)
 
 
 @app.task(base=NewsmonTask, name="newsmon.heartbeat")
@@ -46,8 +48,12 @@ def heartbeat() -> None:
 
 
 @app.task(base=NewsmonTask, name="newsmon.fetch")
-def fetch(feed_name: str) -> None:
+def fetch(feed_name: str, token: str = "") -> None:
     tag(feed=feed_name)
+    if token and not service().store.begin_fetch(feed_name, token, time.time()):
+        log.info("feed=%s hand-out %s already used or past its lease: skipped", feed_name, token,
+                 extra={"feed": feed_name})
+        return
     feed = service().feed(feed_name)
     if feed is not None:  # removed from the configuration meanwhile
         service().poll(feed, submit_to_queue)
