@@ -78,7 +78,7 @@ LIFETIMES: list[Lifetime] = [
     Lifetime("{sched}:due", "zset", "config", "one member per configured feed (sync_feeds)"),
     Lifetime("{sched}:beat", "string", "fixed", "one key: the last tick's time"),
     Lifetime("{sched}:lease", "hash", "config",
-             "feed -> token of its latest hand-out, until its fetch begins; removed feeds go"),
+             "feed -> token of its latest hand-out, until its fetch records; removed feeds go"),
     Lifetime("{f:<feed>}:feed", "hash", "config",
              "fetch state of a configured feed; deleted when the feed leaves the configuration"),
     Lifetime("{f:<feed>}:ids", "set", "config",
@@ -185,12 +185,12 @@ end
 return out
 """
 
-# A fetch begins only with the token of the feed's latest hand-out, within its lease; the
-# token is used up. KEYS: due, lease. ARGV: feed, token, now. Returns 1 to go ahead.
+# A fetch begins only with the token of the feed's latest hand-out, within its lease (a
+# redelivery of a task whose worker died runs again); the token goes when the fetch records
+# its outcome. KEYS: due, lease. ARGV: feed, token, now. Returns 1 to go ahead.
 _BEGIN_FETCH = """
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 local leased = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
-redis.call('HDEL', KEYS[2], ARGV[1])
 if leased <= tonumber(ARGV[3]) then return 0 end
 return 1
 """
@@ -521,8 +521,8 @@ class Store:
 
     def begin_fetch(self, name: str, token: str, now: float) -> bool:
         """Whether a fetch handed out with ``token`` may run: it is the feed's latest hand-out,
-        not begun before, and its lease has not run out (a backlog never fetches a feed twice
-        for one due time)."""
+        its outcome is not recorded yet, and its lease has not run out (a backlog never
+        fetches a feed twice for one due time)."""
         return bool(self._begin_fetch(keys=[self.keys.due, self.keys.lease],
                                       args=[name, token, now]))
 
@@ -548,7 +548,10 @@ class Store:
             return
         clean = {k: ("" if v is None else v) for k, v in fields.items()}
         self.r.hset(self.keys.feed(name), mapping={**clean, "next_due": next_due})
-        self.r.zadd(self.keys.due, {name: next_due}, xx=True)
+        pipe = self.r.pipeline(transaction=True)  # one slot: the hand-out is over
+        pipe.zadd(self.keys.due, {name: next_due}, xx=True)
+        pipe.hdel(self.keys.lease, name)
+        pipe.execute()
 
     def feed_ids(self, name: str) -> set[str]:
         """The article ids of the feed's latest document (see remember_feed_ids)."""
