@@ -38,7 +38,13 @@ app.conf.update(
         "unacked_restore_throttle": 1,
         "unacked_mutex_expire": max(2, min(300, int(settings.visibility_timeout / 2))),
     },
-    worker_cancel_long_running_tasks_on_connection_loss=True,
+    # Redis going away must not kill the worker: with this True, a worker here exited with
+    # "Unrecoverable error: AttributeError ... 'hostname'" in 4 of 9 Redis SIGKILLs
+    # (celery#9250); with it False it rode out every one. A task running across the outage
+    # may then run twice, which every task tolerates.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
+    broker_connection_retry=True,
+    broker_connection_max_retries=None,   # wait for Redis as long as it takes
     task_soft_time_limit=300,
     task_time_limit=360,
     task_ignore_result=True,

@@ -276,6 +276,7 @@ def status(config: str | None, as_json: bool) -> None:
         due = store.due_times()
         totals = store.stats()
         webhooks = _webhook_states(store, cfg)
+        parked = store.parked_tasks(time.time())
     feeds = []
     for feed, st in zip(cfg.feeds, states, strict=True):
         feeds.append({
@@ -287,7 +288,9 @@ def status(config: str | None, as_json: bool) -> None:
             "failing_since": _num(st.get("failing_since")), "stale": st.get("stale") == "1",
             "newest_item": _num(st.get("newest")), "usual_gap": _num(st.get("rhythm"))})
     if as_json:
-        click.echo(json.dumps({"feeds": feeds, "webhooks": webhooks, "totals": totals}, indent=2))
+        click.echo(json.dumps({"feeds": feeds, "webhooks": webhooks, "totals": totals,
+                               "parked": [{"id": tid, **rec} for tid, rec in parked.items()]},
+                              indent=2))
         return
     rows = [("FEED", "URL", "HEALTH", "LAST FETCH", "OUTCOME", "HTTP", "NEW", "FAILS", "NEXT DUE")]
     rows += [(f["name"], f["url"], _health(f), _when(f["last_fetch"]),
@@ -299,6 +302,9 @@ def status(config: str | None, as_json: bool) -> None:
         if hook["disabled"]:
             click.echo(f"\nwebhook {hook['name']} DISABLED: {hook['disabled']} "
                        "(until its configuration changes)")
+    for tid, rec in parked.items():
+        click.echo(f"\ntask {rec['task']} {tid} PARKED {_when(rec['at'])}: {rec['reason']} "
+                   f"args={rec['args']}")
     click.echo("\n" + "  ".join(f"{k}: {v}" for k, v in totals.items()))
 
 

@@ -62,6 +62,7 @@ PREFIX = "newsmon:"
 INFRA_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, MemoryError)
 GONE_KEPT = 2.0              # removed alerts are remembered as "aged out" this many retentions
 FORGET_BATCH = 200           # finished alerts removed per sweep call
+PARKED_KEPT = 30 * 86400.0   # a parked task is listed this long
 
 
 class Lifetime(NamedTuple):
@@ -79,6 +80,10 @@ LIFETIMES: list[Lifetime] = [
     Lifetime("{sched}:beat", "string", "fixed", "one key: the last tick's time"),
     Lifetime("{sched}:lease", "hash", "config",
              "feed -> token of its latest hand-out, until its fetch records; removed feeds go"),
+    Lifetime("{sched}:runs:<task id>", "string", "ttl",
+             "starts of a task not finished yet (a worker died): 1 day after its last start"),
+    Lifetime("{sched}:parked", "hash", "trim",
+             "task id -> a task that killed its worker 3 times, with why: kept 30 days"),
     Lifetime("{f:<feed>}:feed", "hash", "config",
              "fetch state of a configured feed; deleted when the feed leaves the configuration"),
     Lifetime("{f:<feed>}:ids", "set", "config",
@@ -600,6 +605,32 @@ class Store:
         pipe.zcard(self.keys.dead)
         due, waiting, dead = pipe.execute()
         return {"due": due, "waiting": waiting, "dead": dead}
+
+    # -- poison tasks --------------------------------------------------------------------------
+    def task_started(self, task_id: str) -> int:
+        """Count a start of this task; the count is how many starts never finished."""
+        key = f"{self.p}{{sched}}:runs:{task_id}"
+        pipe = self.r.pipeline(transaction=True)  # one key
+        pipe.incr(key)
+        pipe.expire(key, 86400)
+        return int(pipe.execute()[0])
+
+    def task_finished(self, task_id: str) -> None:
+        self.r.delete(f"{self.p}{{sched}}:runs:{task_id}")
+
+    def park_task(self, task_id: str, record: dict[str, Any]) -> None:
+        """Set a task aside that will not be run again (status lists it, metrics count it)."""
+        self.r.hset(self.p + "{sched}:parked", task_id, json.dumps(record))
+        self.task_finished(task_id)
+
+    def parked_tasks(self, now: float) -> dict[str, dict[str, Any]]:
+        """Parked tasks of the last PARKED_KEPT seconds; older ones are dropped."""
+        key = self.p + "{sched}:parked"
+        records = {tid: json.loads(raw) for tid, raw in self.r.hgetall(key).items()}
+        old = [tid for tid, rec in records.items() if rec.get("at", 0) < now - PARKED_KEPT]
+        if old:
+            self.r.hdel(key, *old)
+        return {tid: rec for tid, rec in records.items() if tid not in old}
 
     def mark_beat(self, now: float) -> None:
         self.r.set(self.keys.beat, now)

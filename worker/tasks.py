@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Task
 
+from worker import metrics
 from worker.app import app, broker_url, settings
 from worker.config import FeedConfig
 from worker.models import ParsedFeed
@@ -16,7 +17,9 @@ from worker.pipeline import Fresh
 from worker.schedule import CLAIM_LEASE
 from worker.sentry import tag
 from worker.service import Service, decode_batch, encode_batch
-from worker.store import DeliveryClaim
+from worker.store import INFRA_ERRORS, DeliveryClaim
+
+MAX_DEATHS = 3  # runs of one task that killed their worker before it is parked
 
 log = logging.getLogger("newsmon.tasks")
 
@@ -27,7 +30,33 @@ def service() -> Service:
 
 
 class NewsmonTask(Task):
-    """Shared policy: late acknowledgement (set on the app) and a log line for every failure."""
+    """Shared policy: late acknowledgement (set on the app), a log line for every failure,
+    transient infrastructure errors retried with backoff, and poison tasks parked: a task whose
+    runs keep killing their worker is set aside after MAX_DEATHS deaths, not requeued forever."""
+
+    autoretry_for = INFRA_ERRORS
+    retry_backoff = 2
+    retry_backoff_max = 300
+    retry_jitter = True
+    max_retries = 50
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        task_id = self.request.id
+        if not task_id:  # called directly, not by a worker
+            return super().__call__(*args, **kwargs)
+        store = service().store
+        starts = store.task_started(task_id)
+        if starts > MAX_DEATHS:
+            reason = f"killed its worker {starts - 1} times (out of memory or a crash?)"
+            store.park_task(task_id, {"task": self.name, "args": repr(args)[:300],
+                                      "reason": reason, "at": time.time()})
+            metrics.PARKED.labels(self.name).inc()
+            log.error("task=%s id=%s parked: %s", self.name, task_id, reason)
+            return None
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            store.task_finished(task_id)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
