@@ -261,6 +261,23 @@ redis.call('HINCRBY', KEYS[3], 'articles', 1)
 return {story, ARGV[3], '1'}
 """.replace("BAND_CAP", str(BAND_CAP))
 
+# What a story claim reads, in one reply: the article's claim, the index version, the exact
+# keys' values and the ids in the band slots (joined by spaces). Reads only.
+# KEYS: art, version, exact keys (nexact), band buckets. ARGV: nexact, band fields
+_READ_CLAIM = """
+local out = redis.call('HMGET', KEYS[1], 'story', 'new', 'until')
+table.insert(out, redis.call('GET', KEYS[2]) or '0')
+local n = tonumber(ARGV[1])
+for i = 1, n do table.insert(out, redis.call('GET', KEYS[2 + i]) or '') end
+local members = {}
+for j = 2, #ARGV do
+  local v = redis.call('HGET', KEYS[1 + n + j], ARGV[j])
+  if v then table.insert(members, v) end
+end
+table.insert(out, table.concat(members, ' '))
+return out
+"""
+
 # The text of an article's dump, fixed by the first run that got here.
 # KEYS: art. ARGV: text. Returns the stored text.
 _FIRST_TEXT = """
@@ -406,27 +423,22 @@ class RedisStoryIndex:
         self.s = store
         self.retention = store.ttl
         self._commit = store.r.register_script(_COMMIT_STORY)
+        self._read = store.r.register_script(_READ_CLAIM)
 
     def read(self, article_id: str, keys: StoryKeys, epochs: tuple[int, ...],
              now: float) -> IndexRead:
         k = self.s.keys
-        slots = band_slots(keys.signature)
-        pipe = self.s.r.pipeline(transaction=False)
-        pipe.hmget(k.art(article_id), ["story", "new", "until"])
-        pipe.get(k.version)
-        for key in exact_keys(keys):
-            pipe.get(k.exact(key))
-        for epoch in epochs:
-            for bucket, field in slots:
-                pipe.hget(k.band(epoch, bucket), field)
-        art, version, *rest = pipe.execute()
+        exact = exact_keys(keys)
+        slots = [(k.band(epoch, bucket), field) for epoch in epochs
+                 for bucket, field in band_slots(keys.signature)]
+        reply = self._read(keys=[k.art(article_id), k.version, *(k.exact(e) for e in exact),
+                                 *(key for key, _ in slots)],
+                           args=[len(exact), *(field for _, field in slots)])
+        story, new, until, version, *rest = reply
         now_ms = _ms(now)
-        n = len(exact_keys(keys))
-        owners = tuple(self._owner(v, now_ms) for v in rest[:n])
-        members = tuple(m for value in rest[n:] if value for m in value.split())
-        claimed = ((art[0], art[1] == "1") if art[0] and art[2] and int(art[2]) > now_ms
-                   else None)
-        return IndexRead(claimed, version or "0", owners, members)
+        owners = tuple(self._owner(v, now_ms) for v in rest[:len(exact)])
+        claimed = (story, new == "1") if story and until and int(until) > now_ms else None
+        return IndexRead(claimed, version, owners, tuple(rest[-1].split()))
 
     @staticmethod
     def _owner(value: str | None, now_ms: int) -> str:
