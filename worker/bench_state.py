@@ -121,6 +121,8 @@ def bench_state(quick: bool) -> None:
     feeds, per_day, days = (50, 200, 60) if quick else (1000, 6000, 60)
     with _redis() as url:
         _soak(url, feeds, per_day, days, quick)
+    with _redis() as url:
+        _story_bytes(url, 20_000 if quick else 90_000)
 
 
 def _soak(url: str, n_feeds: int, per_day: int, days: int, quick: bool) -> None:
@@ -188,6 +190,7 @@ def _figures(store: Any, rows: list[tuple[int, int, int, int, int]], per_day: in
           f"{growth / 2**10:+.0f} KB/day); {elapsed:.0f} s for the run")
     print(f"        per live story (all state incl. alerts, feeds) "
           f"{plateau / live_stories:,.0f} bytes; {alerts_per_day:.0f} alerts a day")
+    _breakdown(store, live_stories)
     per_alert = _bytes_per_alert(store)
     print(f"        per alert record (hash + stream entry + index entries) {per_alert:,.0f} bytes")
     print(f"        => plateau for N new stories a day at {retention_days:g} days retention "
@@ -203,3 +206,52 @@ def _bytes_per_alert(store: Any) -> float:
     hashes = sum(int(store.r.memory_usage(k.alert(a)) or 0) for a in ids) / len(ids)
     shared = sum(int(store.r.memory_usage(key) or 0) for key in (k.by_time, k.expiry, k.alerts))
     return hashes + shared / max(1, store.r.zcard(k.by_time))
+
+
+def _breakdown(store: Any, live_stories: float) -> None:
+    """MEMORY USAGE summed per key family (LIFETIMES), per live story."""
+    import re
+
+    from worker.store import LIFETIMES, PREFIX
+
+    rules = [(re.compile(re.escape(PREFIX) + "".join(
+        ".+" if part.startswith("<") else re.escape(part)
+        for part in re.split(r"(<[^>]+>)", row.pattern)) + "$"), row.pattern)
+        for row in LIFETIMES]
+    totals: dict[str, list[int]] = {}
+    keys = list(store.r.scan_iter(count=5000))
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start:start + 1000]
+        pipe = store.r.pipeline(transaction=False)
+        for key in chunk:
+            pipe.memory_usage(key, samples=0)
+        for key, used in zip(chunk, pipe.execute(), strict=True):
+            family = next((name for regex, name in rules if regex.match(key)), "other")
+            entry = totals.setdefault(family, [0, 0])
+            entry[0] += int(used or 0)
+            entry[1] += 1
+    print("        by family (MEMORY USAGE, bytes per live story; keys):")
+    for family, (used, count) in sorted(totals.items(), key=lambda kv: -kv[1][0]):
+        print(f"          {family:32} {used / live_stories:7,.0f}   {count:8,}")
+
+
+def _story_bytes(url: str, n: int) -> None:
+    """Redis bytes per new story of the story index alone, at the density of a deployment
+    (the soak's sparse band buckets overstate them): ``n`` new stories claimed in one epoch,
+    each with a URL and a full signature (90,000 is 15 days at 6,000 a day)."""
+    from worker.dedupe import NUM_PERM, StoryKeys, band_keys
+    from worker.store import Store
+
+    store = Store.from_url(url)
+    rng = random.Random(4)
+    base = int(store.r.info("memory")["used_memory"])
+    now = time.time()
+    for i in range(n):
+        sig = tuple(rng.getrandbits(32) for _ in range(NUM_PERM))
+        keys = StoryKeys(f"https://site{i % 997}.example/news/{i}", None, f"{i:032x}", sig,
+                         band_keys(sig))
+        store.claim_story(f"{i:016x}", keys, now + i)
+    used = int(store.r.info("memory")["used_memory"]) - base
+    print(f"state   story index at deployment density: {n:,} new stories, "
+          f"{used / n:,.0f} bytes per new story (target <= 4 KB)")
+    _breakdown(store, n)

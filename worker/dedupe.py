@@ -400,6 +400,7 @@ class MemoryStoryIndex:
         self._bands: dict[tuple[int, str, str], tuple[str, ...]] = {}  # (epoch, bucket, field)
         self._stamp = 0.0
         self._swept = -1e18
+        self._calls = 0
 
     def __len__(self) -> int:
         return sum(1 for s in self._stories.values() if self._stamp - s.seen < self.retention)
@@ -409,8 +410,8 @@ class MemoryStoryIndex:
         """See StoryIndex.claim; every call is a new article unless ``article_id`` repeats."""
         self._stamp = now
         self._forget(now)
-        claim = claim_story(self, article_id or f"claim{self._version}:{new_story_id}:{now}",
-                            keys, new_story_id, now)
+        self._calls += 1
+        claim = claim_story(self, article_id or f"article {self._calls}", keys, new_story_id, now)
         return claim.story_id, claim.is_new
 
     def read(self, article_id: str, keys: StoryKeys, epochs: tuple[int, ...],

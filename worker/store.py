@@ -93,7 +93,10 @@ LIFETIMES: list[Lifetime] = [
     Lifetime("{idx}:x:<kind>:<digest>", "string", "ttl",
              "story of an exact key (url, guid, fp): retention after the last copy carrying it"),
     Lifetime("{idx}:s:<story>", "hash", "ttl",
-             "story: first article, seen, copies, signature: retention after its last copy"),
+             "story: first article, created, seen, copies: retention after its last copy"),
+    Lifetime("{idx}:sig:<story>", "string", "ttl",
+             "the story's MinHash signature (base64, apart so the hash stays compact): the "
+             "story's lifetime"),
     Lifetime("{idx}:fired:<story>", "hash", "ttl",
              "watchlist -> alert id, once per story: the story's lifetime, refreshed with it"),
     Lifetime("{idx}:b:<epoch>:<bucket>", "hash", "ttl",
@@ -155,6 +158,9 @@ class Keys:
     def story(self, story_id: str) -> str:
         return f"{self.p}{{idx}}:s:{story_id}"
 
+    def signature(self, story_id: str) -> str:
+        return f"{self.p}{{idx}}:sig:{story_id}"
+
     def fired(self, story_id: str) -> str:
         return f"{self.p}{{idx}}:fired:{story_id}"
 
@@ -206,7 +212,7 @@ return 1
 # are still unowned; for a copy, its story is still alive. Then record it: the story's
 # lifetime, its fired markers' and the copy's exact keys' move to now + retention.
 # Exact keys hold "story until_ms". Returns {story, new, fresh} or false (read again).
-# KEYS: art, version, stats, story, fired, exact keys (ntake), band buckets (one per field)
+# KEYS: art, version, stats, story, fired, signature, exact keys (ntake), band buckets (one a field)
 # ARGV: article, story, new, version, now ms, until ms, signature, epoch, band until ms,
 #       ntake, owners read (ntake), band fields
 _COMMIT_STORY = """
@@ -224,12 +230,13 @@ local function owner(v)
 end
 local take = {}
 for i = 1, ntake do
-  if owner(redis.call('GET', KEYS[5 + i])) == ARGV[10 + i] then table.insert(take, KEYS[5 + i])
+  if owner(redis.call('GET', KEYS[6 + i])) == ARGV[10 + i] then table.insert(take, KEYS[6 + i])
   elseif new then return false end
 end
 if new then
   redis.call('HSET', KEYS[4], 'first', art, 'created', now, 'seen', now, 'copies', 1,
-             'sig', ARGV[7], 'epoch', ARGV[8])
+             'epoch', ARGV[8])
+  redis.call('SET', KEYS[6], ARGV[7])
   redis.call('INCR', KEYS[2])
   redis.call('HINCRBY', KEYS[3], 'stories', 1)
 else
@@ -242,8 +249,9 @@ else
 end
 redis.call('PEXPIREAT', KEYS[4], untl)
 redis.call('PEXPIREAT', KEYS[5], untl)
+redis.call('PEXPIREAT', KEYS[6], untl)
 for _, key in ipairs(take) do redis.call('SET', key, story .. ' ' .. untl, 'PXAT', untl) end
-local first = 6 + ntake
+local first = 7 + ntake
 for j = 11 + ntake, #ARGV do
   local key = KEYS[first + j - 11 - ntake]
   local kept = {}
@@ -449,15 +457,20 @@ class RedisStoryIndex:
 
     def stories(self, ids: Sequence[str], now: float,
                 signatures: bool) -> dict[str, StoryRecord]:
-        fields = ["seen", "epoch", "sig"] if signatures else ["seen", "epoch"]
         pipe = self.s.r.pipeline(transaction=False)
         for sid in ids:
-            pipe.hmget(self.s.keys.story(sid), fields)
+            pipe.hmget(self.s.keys.story(sid), ["seen", "epoch"])
+            if signatures:
+                pipe.get(self.s.keys.signature(sid))
+        replies = pipe.execute()
+        step = 2 if signatures else 1
         out = {}
-        for sid, values in zip(ids, pipe.execute(), strict=True):
+        for n, sid in enumerate(ids):
+            values = replies[n * step]
             if values[0] is None or int(values[0]) / 1000 + self.retention <= now:
                 continue
-            sig = unpack_signature(values[2]) if signatures and values[2] else ()
+            packed = replies[n * step + 1] if signatures else None
+            sig = unpack_signature(packed) if packed else ()
             out[sid] = StoryRecord(int(values[0]) / 1000, int(values[1] or 0), sig)
         return out
 
@@ -466,7 +479,8 @@ class RedisStoryIndex:
         until = _ms(now + self.retention)
         band_until = _ms((plan.epoch + 1 + EPOCHS_READ - 1) * self.retention / 2)
         keys = [k.art(plan.article_id), k.version, k.idx_stats, k.story(plan.story_id),
-                k.fired(plan.story_id), *(k.exact(key) for key, _ in plan.take),
+                k.fired(plan.story_id), k.signature(plan.story_id),
+                *(k.exact(key) for key, _ in plan.take),
                 *(k.band(plan.epoch, bucket) for bucket, _ in plan.bands)]
         out = self._commit(keys=keys, args=[
             plan.article_id, plan.story_id, "1" if plan.is_new else "0", plan.version,
