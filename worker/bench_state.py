@@ -182,12 +182,14 @@ def _figures(store: Any, rows: list[tuple[int, int, int, int, int]], per_day: in
              elapsed: float) -> None:
     """Bytes per story and per alert at the plateau, from the last days' memory."""
     retention_days = store.ttl / DAY
-    plateau = sum(r[1] for r in rows[-5:]) / 5
+    settled = [r[1] for r in rows[int(2 * retention_days):]] or [rows[-1][1]]
+    plateau = sum(settled) / len(settled)
     live_stories = per_day * retention_days
     alerts_per_day = (rows[-1][4] - rows[-11][4]) / 10 if len(rows) > 11 else 0
-    growth = (rows[-1][1] - rows[-11][1]) / 10 if len(rows) > 11 else 0.0
-    print(f"        plateau {plateau / 2**20:.1f} MB (last 10 days change "
-          f"{growth / 2**10:+.0f} KB/day); {elapsed:.0f} s for the run")
+    print(f"        plateau after day {2 * retention_days:g} (both retentions full): "
+          f"{min(settled) / 2**20:.1f} to {max(settled) / 2**20:.1f} MB, mean "
+          f"{plateau / 2**20:.1f} MB (the band index saws with its epochs of "
+          f"{retention_days / 2:g} days); {elapsed:.0f} s for the run")
     print(f"        per live story (all state incl. alerts, feeds) "
           f"{plateau / live_stories:,.0f} bytes; {alerts_per_day:.0f} alerts a day")
     _breakdown(store, live_stories)
