@@ -182,11 +182,11 @@ def _figures(store: Any, rows: list[tuple[int, int, int, int, int]], per_day: in
              elapsed: float) -> None:
     """Bytes per story and per alert at the plateau, from the last days' memory."""
     retention_days = store.ttl / DAY
-    settled = [r[1] for r in rows[int(2 * retention_days):]] or [rows[-1][1]]
+    settled = [r[1] for r in rows[int(1.5 * retention_days):]] or [rows[-1][1]]
     plateau = sum(settled) / len(settled)
     live_stories = per_day * retention_days
     alerts_per_day = (rows[-1][4] - rows[-11][4]) / 10 if len(rows) > 11 else 0
-    print(f"        plateau after day {2 * retention_days:g} (both retentions full): "
+    print(f"        plateau after day {1.5 * retention_days:g} (all windows full): "
           f"{min(settled) / 2**20:.1f} to {max(settled) / 2**20:.1f} MB, mean "
           f"{plateau / 2**20:.1f} MB (the band index saws with its epochs of "
           f"{retention_days / 2:g} days); {elapsed:.0f} s for the run")
