@@ -103,7 +103,11 @@ def test_worker_and_beat_ride_out_redis_going_away(tmp_path, http_server, persis
                                                          RICE_STORY)]))
         server.start()
         procs.redis = redis.Redis.from_url(server.url, decode_responses=True)
-        wait_until(lambda: "rice" in procs.alerts(), 90, "an alert after Redis came back")
+        try:
+            wait_until(lambda: "rice" in procs.alerts(), 90, "an alert after Redis came back")
+        except AssertionError:
+            print(procs.logs()[-6000:])
+            raise
         assert worker.poll() is None and beat.poll() is None, procs.logs()[-3000:]
         assert "Unrecoverable error" not in procs.logs()
         if persist:

@@ -3,12 +3,16 @@ tasks, and the beat schedule. Run with ``celery -A worker.app worker`` and ``...
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from celery import Celery, signals
 
 from worker import embedded
 from worker.logs import configure_logging
 from worker.settings import Settings
 
+log = logging.getLogger("newsmon.app")
 QUEUES = ("schedule", "fetch", "process", "deliver")
 
 
@@ -18,6 +22,41 @@ def broker_url(settings: Settings) -> str:
             or "redis://127.0.0.1:6379/0")
 
 
+
+
+def _survive_lost_broker_on_close() -> None:
+    """Work around kombu (celery#9250): when the Redis connection drops while tasks are
+    unacknowledged, restoring them as the channel closes, or acknowledging a task that
+    finished meanwhile, builds a client from the already closed connection and raises
+    AttributeError ("'NoneType' object has no attribute 'hostname'"); the worker then exits
+    with "Unrecoverable error". Those messages are still in Redis's unacked hash and come back
+    after the visibility timeout (every task is safe to run twice), so skipping the step is
+    safe; the worker reconnects and carries on."""
+    from kombu.transport import redis as kombu_redis
+
+    def guarded(original: Any) -> Any:
+        if getattr(original, "newsmon_safe", False):
+            return original
+
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(self, *args, **kwargs)
+            except AttributeError:
+                if self.channel.connection is not None and \
+                        self.channel.connection.client is not None:
+                    raise  # not the closed-connection case
+                log.warning("Redis connection gone: unacknowledged tasks come back after "
+                            "the visibility timeout")
+                return None
+
+        call.newsmon_safe = True  # type: ignore[attr-defined]
+        return call
+
+    for name in ("restore_unacked", "ack", "reject"):
+        setattr(kombu_redis.QoS, name, guarded(getattr(kombu_redis.QoS, name)))
+
+
+_survive_lost_broker_on_close()
 settings = Settings.from_env()
 app = Celery("newsmon", include=["worker.tasks"])
 app.conf.update(
@@ -40,8 +79,8 @@ app.conf.update(
     },
     # Redis going away must not kill the worker: with this True, a worker here exited with
     # "Unrecoverable error: AttributeError ... 'hostname'" in 4 of 9 Redis SIGKILLs
-    # (celery#9250); with it False it rode out every one. A task running across the outage
-    # may then run twice, which every task tolerates.
+    # (celery#9250; the same error also comes from closing the channel, worked around above).
+    # A task running across the outage may then run twice, which every task tolerates.
     worker_cancel_long_running_tasks_on_connection_loss=False,
     broker_connection_retry=True,
     broker_connection_max_retries=None,   # wait for Redis as long as it takes
