@@ -250,3 +250,18 @@ def test_a_hand_out_runs_one_fetch_within_its_lease(store):
     # a message past its lease that was not handed out again yet does not run either
     store.claim_due(now + 2000, lease=900, token="t3")
     assert not store.begin_fetch("a", "t3", now + 2901)
+
+
+def test_a_poll_cycle_ends_once_every_feed_is_polled_and_every_batch_processed(store):
+    from worker.service import cycle_summary
+
+    store.open_cycle("c1", 2)
+    assert store.cycle_step("c1", polled=1, new=3, batches=1) is None
+    assert store.cycle_step("c1", "down", polled=1) is None  # a batch is still being processed
+    fields = store.cycle_step("c1", batches=-1, alerts=2)
+    assert fields is not None
+    assert cycle_summary(fields) == \
+        "poll cycle: 2 feeds polled, 3 new articles, 2 alerts, 1 failed (down)"
+    assert store.cycle_step("c1", batches=0) is None  # said once
+    assert store.cycle_step("unknown", polled=1) is None
+    assert 0 < store.r.ttl("newsmon:{sched}:cycle:c1") <= 3600

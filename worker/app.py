@@ -4,11 +4,13 @@ tasks, and the beat schedule. Run with ``celery -A worker.app worker`` and ``...
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from celery import Celery, signals
 
 from worker import embedded
+from worker.errors import ConfigError
 from worker.logs import configure_logging
 from worker.settings import Settings
 
@@ -57,7 +59,11 @@ def _survive_lost_broker_on_close() -> None:
 
 
 _survive_lost_broker_on_close()
-settings = Settings.from_env()
+try:
+    settings = Settings.from_env()
+except ConfigError as exc:  # `celery -A worker.app ...` with a bad setting: one line, no traceback
+    sys.exit("\n".join(f"newsmon: invalid setting: {p.removeprefix('environment: ')}"
+                        for p in exc.problems))
 app = Celery("newsmon", include=["worker.tasks"])
 app.conf.update(
     broker_url=broker_url(settings),
@@ -115,14 +121,15 @@ app.conf.update(
 
 @signals.setup_logging.connect
 def _setup_logging(**_: object) -> None:
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
 
 
 @signals.celeryd_init.connect
 def _worker_init(**_: object) -> None:
     from worker.sentry import init_sentry
 
-    configure_logging(settings.log_format)  # already now: Celery warns before it sets logging up
+    # already now: Celery warns before it sets logging up
+    configure_logging(settings.log_format, settings.log_level)
     init_sentry("worker")
 
 

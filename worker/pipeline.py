@@ -84,7 +84,7 @@ def _poll(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float, submit: 
         outcome.update(status=result.status)
         if result.not_modified:
             outcome.update(outcome="not modified", failures=0, error="", last_ok=now)
-            log.info("feed=%s outcome=not-modified status=304", feed.name, extra=ids)
+            log.debug("feed=%s outcome=not-modified status=304", feed.name, extra=ids)
             return record_poll(feed, store, state, outcome, now,
                                next_due_after_success(now, feed.every, jitter=random.random()))
         parsed = parse_feed(result.content, result.content_type)
@@ -105,7 +105,7 @@ def _poll(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float, submit: 
     outcome.update(outcome="ok", error="", failures=0, new_items=len(fresh), last_ok=now,
                    etag=result.etag or "", last_modified=result.last_modified or "",
                    **item_rhythm(parsed, bool(fresh), now))
-    log.info("feed=%s outcome=ok status=%s entries=%d new=%d", feed.name, outcome["status"],
+    log.debug("feed=%s outcome=ok status=%s entries=%d new=%d", feed.name, outcome["status"],
              len(parsed.entries), len(fresh), extra=ids)
     return record_poll(feed, store, state, outcome, now,
                        next_due_after_success(now, feed.every, parsed.ttl_minutes,

@@ -78,6 +78,9 @@ class Lifetime(NamedTuple):
 LIFETIMES: list[Lifetime] = [
     Lifetime("{sched}:due", "zset", "config", "one member per configured feed (sync_feeds)"),
     Lifetime("{sched}:beat", "string", "fixed", "one key: the last tick's time"),
+    Lifetime("{sched}:cycle:<cycle>", "hash", "ttl",
+             "one tick's poll cycle (feeds, polled, new, failed, batches, alerts): an hour "
+             "after its last step"),
     Lifetime("{sched}:lease", "hash", "config",
              "feed -> token of its latest hand-out, until its fetch records; removed feeds go"),
     Lifetime("{sched}:runs:<task id>", "string", "ttl",
@@ -205,6 +208,21 @@ local leased = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
 if leased <= tonumber(ARGV[3]) then return 0 end
 return 1
 """
+
+# One step of a poll cycle: add the increments; the caller that completes the cycle (every feed
+# polled, every batch processed) gets its fields back, once. KEYS: cycle. ARGV: ttl, failed
+# feed or "", then field, increment pairs.
+_CYCLE_STEP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'fail:' .. ARGV[2], 1) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local c = redis.call('HMGET', KEYS[1], 'feeds', 'polled', 'batches', 'logged')
+if c[4] or tonumber(c[2] or 0) < tonumber(c[1]) or tonumber(c[3] or 0) > 0 then return false end
+redis.call('HSET', KEYS[1], 'logged', 1)
+return redis.call('HGETALL', KEYS[1])
+"""
+CYCLE_TTL = 3600
 
 # -- story identity -------------------------------------------------------------------------------
 # Commit a story claim decided by dedupe.claim_story, if what it read still holds: the article
@@ -513,6 +531,7 @@ class Store:
         self._add_event = client.register_script(_ADD_EVENT)
         self._forget_alerts = client.register_script(_FORGET_ALERTS)
         self.index = RedisStoryIndex(self)
+        self._cycle_step = client.register_script(_CYCLE_STEP)
 
     @classmethod
     def from_url(cls, url: str, retention_days: float = 30.0,
@@ -664,6 +683,20 @@ class Store:
     def last_beat(self) -> float | None:
         value = self.r.get(self.keys.beat)
         return float(value) if value else None
+
+    def open_cycle(self, cycle: str, feeds: int) -> None:
+        """A poll cycle of ``feeds`` feeds handed out together."""
+        key = f"{self.p}{{sched}}:cycle:{cycle}"
+        self.r.pipeline().hset(key, "feeds", feeds).expire(key, CYCLE_TTL).execute()
+
+    def cycle_step(self, cycle: str, failed_feed: str = "", **increments: int) -> \
+            dict[str, str] | None:
+        """Count one step of a cycle; returns the cycle's fields to the one step that completes
+        it (None to every other step, and for an unknown or expired cycle)."""
+        pairs = [x for field, n in increments.items() for x in (field, n)]
+        out = self._cycle_step(keys=[f"{self.p}{{sched}}:cycle:{cycle}"],
+                               args=[CYCLE_TTL, failed_feed, *pairs])
+        return dict(zip(out[::2], out[1::2], strict=True)) if out else None
 
     # -- articles and stories ----------------------------------------------------------------
     def done_articles(self, article_ids: list[str]) -> set[str]:
