@@ -331,7 +331,7 @@ def _bench_dedupe_redis(texts: list[tuple[str, str]], quick: bool) -> None:
                         published=now, paragraphs=(b,), feed="f") for i, (t, b) in enumerate(texts)]
         t0 = time.perf_counter()
         for a in arts:
-            store.claim_story(a.id, story_keys(a), 1.0)
+            store.claim_story(a.id, story_keys(a), time.time())
         per = (time.perf_counter() - t0) / len(arts)
         print(f"        with the Redis story index (one script call)  {per * 1000:.2f} ms/article")
         store.r.flushdb()
@@ -484,13 +484,14 @@ def run_benchmarks(quick: bool = False, only: set[str] | None = None,
     from worker.bench_deliver import bench_deliver
     from worker.bench_hostile import bench_hostile
     from worker.bench_latency import bench_latency
+    from worker.bench_state import bench_state
     from worker.corpus import bench_corpus
 
     parts: dict[str, Callable[[bool], None]] = {
         "parse": bench_parse, "match": bench_match, "backtest": bench_backtest,
         "dedupe": bench_dedupe, "poll": bench_poll,
         "latency": bench_latency, "deliver": bench_deliver, "unchanged": bench_unchanged,
-        "hostile": bench_hostile, "corpus": lambda quick: bench_corpus(corpus),
+        "hostile": bench_hostile, "corpus": lambda quick: bench_corpus(corpus), "state": bench_state,
     }
     # The synthetic feeds' items are old, so every feed is stale: keep warnings out of the figures.
     logging.getLogger("newsmon").setLevel(logging.ERROR)

@@ -484,6 +484,7 @@ def status(config: str | None, as_json: bool) -> None:
         states = store.feed_states(list(urls))
         totals = store.stats()
         webhooks = _webhook_states(store, cfg) if cfg else []
+        parked = store.parked_tasks(time.time())
     feeds = []
     for (name, feed_url), st in zip(urls.items(), states, strict=True):
         feeds.append({
@@ -496,7 +497,9 @@ def status(config: str | None, as_json: bool) -> None:
             "failing_since": _num(st.get("failing_since")), "stale": st.get("stale") == "1",
             "newest_item": _num(st.get("newest")), "usual_gap": _num(st.get("rhythm"))})
     if as_json:
-        click.echo(json.dumps({"feeds": feeds, "webhooks": webhooks, "totals": totals}, indent=2))
+        click.echo(json.dumps({"feeds": feeds, "webhooks": webhooks, "totals": totals,
+                               "parked": [{"id": tid, **rec} for tid, rec in parked.items()]},
+                              indent=2))
         return
     rows = [("FEED", "URL", "HEALTH", "LAST FETCH", "OUTCOME", "HTTP", "NEW", "FAILS", "NEXT DUE")]
     rows += [(f["name"], f["url"], _health(f), _when(f["last_fetch"]),
@@ -508,6 +511,9 @@ def status(config: str | None, as_json: bool) -> None:
         if hook["disabled"]:
             click.echo(f"\nwebhook {hook['name']} DISABLED: {hook['disabled']} "
                        "(until its configuration changes)")
+    for tid, rec in parked.items():
+        click.echo(f"\ntask {rec['task']} {tid} PARKED {_when(rec['at'])}: {rec['reason']} "
+                   f"args={rec['args']}")
     click.echo("\n" + "  ".join(f"{k}: {v}" for k, v in totals.items()))
 
 
@@ -642,7 +648,13 @@ def alerts_show(config: str | None, as_json: bool, alert_id: str) -> None:
 
     settings = _settings(config)
     with _redis(settings) as url:
-        record = Store.from_url(url).alert(alert_id)
+        store = Store.from_url(url)
+        record, gone = store.alert(alert_id), store.alert_gone(alert_id)
+    if record is None and gone is not None:
+        raise click.ClickException(
+            f"alert {alert_id} aged out: removed {_iso(gone)}, "
+            f"{settings.alert_retention_days:g} days after its last attempt "
+            f"(NEWSMON_ALERT_RETENTION_DAYS)")
     if record is None:
         raise click.ClickException(f"no alert {alert_id}")
     attempts = [{**a, "at": _iso(a["at"]), "next": _iso(a.get("next"))}
@@ -761,7 +773,7 @@ def webhook_list(config: str | None) -> None:
 
 
 BENCH_PARTS = ("parse", "match", "backtest", "dedupe", "poll", "latency", "deliver", "unchanged",
-               "hostile", "corpus")
+               "hostile", "corpus", "state")
 
 
 @main.command()

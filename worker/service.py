@@ -29,6 +29,7 @@ from worker.deliver import (
     deliver_claim,
     destinations,
     ping_webhook,
+    webhook_digest,
 )
 from worker.errors import ConfigError
 from worker.fetch import Fetcher, parse_networks
@@ -56,7 +57,8 @@ class Service:
 
     @cached_property
     def store(self) -> Store:
-        return Store.from_url(self.redis_url, self.settings.retention_days)
+        return Store.from_url(self.redis_url, self.settings.retention_days,
+                              self.settings.alert_retention_days)
 
     @cached_property
     def fetcher(self) -> Fetcher:
@@ -80,11 +82,18 @@ class Service:
 
     def due_feeds(self, now: float) -> list[FeedConfig]:
         """One beat tick: follow the configuration, then hand out each due feed once."""
+        return [feed for feed, _ in self.hand_out(now)]
+
+    def hand_out(self, now: float) -> list[tuple[FeedConfig, str]]:
+        """Like due_feeds, with the hand-out's token that the fetch must present."""
         config = self.config()
         self.store.sync_feeds([f.name for f in config.feeds], now)
+        self.store.keep_disabled({webhook_digest(hook) for hook in config.webhooks.values()})
         self.store.mark_beat(now)
         feeds = {f.name: f for f in config.feeds}
-        return [feeds[name] for name, _ in self.store.claim_due(now, CLAIM_LEASE) if name in feeds]
+        token = uuid.uuid4().hex
+        return [(feeds[name], token) for name, _ in
+                self.store.claim_due(now, CLAIM_LEASE, token=token) if name in feeds]
 
     def poll(self, feed: FeedConfig, submit: Submit) -> dict[str, Any]:
         return poll_feed(feed, self.store, self.fetcher, time.time(), submit)
@@ -117,6 +126,7 @@ class Service:
         failed = [(f.name, o.get("error")) for f, o in zip(config.feeds, outcomes, strict=True)
                   if o.get("outcome") == "failed"]
         deliveries = self.deliver_until_done(alerts, delivery_timeout, workers=2 * workers)
+        self.store.forget_alerts(time.time())
         return {"feeds": len(config.feeds), "failed": failed,
                 "polled": [(f.name, o) for f, o in zip(config.feeds, outcomes, strict=True)],
                 "new_items": sum(o.get("new_items", 0) for o in outcomes), "alerts": alerts,
