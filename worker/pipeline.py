@@ -80,7 +80,7 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
     except Exception as exc:  # the feed boundary: a bug or an input nobody foresaw, visibly
         log.exception("feed=%s fetch or parse raised", feed.name, extra=ids)
         return record_failure(feed, store, state, outcome, now,
-                              redact(f"unexpected {type(exc).__name__}: {str(exc)[:200]}"), None,
+                              redact(f"unexpected error: {type(exc).__name__}: {str(exc)[:200]}"), None,
                               None)
 
 
