@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -64,6 +64,16 @@ def _redis(settings: Settings) -> Iterator[str]:
         yield server.start()
     finally:
         server.stop()
+
+
+def _broker(settings: Settings, state_url: str) -> Any:
+    """The broker in use: CELERY_BROKER_URL, else the state Redis."""
+    from worker.broker import resolve
+
+    try:
+        return resolve(settings, state_url)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group()
@@ -211,6 +221,7 @@ def run(config: str | None, once: bool, concurrency: int, timeout: float) -> Non
                        f"{summary['new_items']} new items, {len(summary['alerts'])} alerts"
                        + _delivery_summary(summary["deliveries"]))
             return
+        _broker(settings, url)  # a broker this deployment can use, before starting Celery
         sys.exit(_run_celery(settings, url, concurrency))
 
 
@@ -271,11 +282,12 @@ def status(config: str | None, as_json: bool) -> None:
     settings = _settings(config)
     cfg = _load(settings)
     with _redis(settings) as url:
-        store = Store.from_url(url)
+        store = Store.from_settings(settings, url)
         states = store.feed_states([f.name for f in cfg.feeds])
         due = store.due_times()
         totals = store.stats()
         webhooks = _webhook_states(store, cfg)
+        engines = _engines(settings, url)
     feeds = []
     for feed, st in zip(cfg.feeds, states, strict=True):
         feeds.append({
@@ -287,7 +299,8 @@ def status(config: str | None, as_json: bool) -> None:
             "failing_since": _num(st.get("failing_since")), "stale": st.get("stale") == "1",
             "newest_item": _num(st.get("newest")), "usual_gap": _num(st.get("rhythm"))})
     if as_json:
-        click.echo(json.dumps({"feeds": feeds, "webhooks": webhooks, "totals": totals}, indent=2))
+        click.echo(json.dumps({"feeds": feeds, "webhooks": webhooks, "totals": totals, **engines},
+                              indent=2))
         return
     rows = [("FEED", "URL", "HEALTH", "LAST FETCH", "OUTCOME", "HTTP", "NEW", "FAILS", "NEXT DUE")]
     rows += [(f["name"], f["url"], _health(f), _when(f["last_fetch"]),
@@ -300,6 +313,30 @@ def status(config: str | None, as_json: bool) -> None:
             click.echo(f"\nwebhook {hook['name']} DISABLED: {hook['disabled']} "
                        "(until its configuration changes)")
     click.echo("\n" + "  ".join(f"{k}: {v}" for k, v in totals.items()))
+    state, broker = engines["state_store"], engines["broker"]
+    click.echo(f"state store: {state['url']} ({state['mode']})")
+    waiting = ("queues: " + "  ".join(f"{q} {n}" for q, n in broker["queues"].items())
+               if broker["up"] else f"UNREACHABLE: {broker['error']}")
+    click.echo(f"broker: {broker['url']} ({broker['kind']}) {waiting}")
+
+
+def _engines(settings: Settings, state_url: str) -> dict[str, Any]:
+    """The state store and the broker in use, with the broker's queue depths (or why not)."""
+    from worker import broker as brokers
+    from worker.broker import QUEUES
+
+    state = {"url": brokers.redact(state_url), "mode": settings.redis_mode}
+    try:
+        broker = brokers.resolve(settings, state_url)
+    except ConfigError as exc:
+        return {"state_store": state, "broker": {"url": None, "kind": None, "up": False,
+                                                 "error": str(exc), "queues": {}}}
+    view: dict[str, Any] = {"url": brokers.redact(broker.url), "kind": broker.kind}
+    try:
+        view |= {"up": True, "error": None, "queues": brokers.queue_depths(broker, QUEUES)}
+    except Exception as exc:  # any transport's error: status shows it and goes on
+        view |= {"up": False, "error": brokers.ping(broker) or str(exc), "queues": {}}
+    return {"state_store": state, "broker": view}
 
 
 def _health(feed: dict[str, Any]) -> str:
@@ -369,7 +406,7 @@ def alerts_list(config: str | None, as_json: bool, watchlist: str | None,
     settings = _settings(config)
     since_ts = _parse_since(since)
     with _redis(settings) as url:
-        records = Store.from_url(url).alerts(since=since_ts)
+        records = Store.from_settings(settings, url).alerts(since=since_ts)
     if watchlist:
         records = [a for a in records if a["watchlist"] == watchlist]
     views = [alert_view(a) for a in records]
@@ -418,7 +455,7 @@ def alerts_show(config: str | None, as_json: bool, alert_id: str) -> None:
 
     settings = _settings(config)
     with _redis(settings) as url:
-        record = Store.from_url(url).alert(alert_id)
+        record = Store.from_settings(settings, url).alert(alert_id)
     if record is None:
         raise click.ClickException(f"no alert {alert_id}")
     attempts = [{**a, "at": _iso(a["at"]), "next": _iso(a.get("next"))}
@@ -514,7 +551,7 @@ def webhook_list(config: str | None) -> None:
     settings = _settings(config)
     cfg = _load(settings)
     with _redis(settings) as url:
-        store = Store.from_url(url)
+        store = Store.from_settings(settings, url)
         disabled = {name: store.webhook_disabled(webhook_digest(hook))
                     for name, hook in cfg.webhooks.items()}
     rows = [("WEBHOOK", "STATE", "WATCHLISTS", "SECRETS", "RETRY")]
@@ -549,21 +586,35 @@ def bench(quick: bool, only: tuple[str, ...]) -> None:
                    "of this host (celery@HOSTNAME); beat: Redis and a recent beat tick. "
                    "Liveness probes check their own component.")
 def health(max_beat_age: float | None, component: str) -> None:
-    """Exit 0 when Redis answers, the beat tick is recent and a worker answers a ping;
-    else print a one-line reason and exit 1."""
+    """Exit 0 when the state store and the broker answer, the beat tick is recent and a worker
+    answers a ping; else print a one-line reason and exit 1."""
     import redis
 
+    from worker import broker as brokers
     from worker.store import Store
 
     settings = _settings()
     url = settings.redis_url or embedded.running_url(settings.data_dir)
     if not url:
         _unhealthy("no Redis: REDIS_URL is unset and no embedded Redis runs")
-    store = Store(redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=3,
-                                       socket_timeout=5))
-    if not store.ping():
-        _unhealthy(f"Redis at {redact_url(url)} does not answer")
+    try:
+        store = Store.from_settings(settings, url, socket_connect_timeout=3, socket_timeout=5)
+        answers = store.ping()
+    except (redis.RedisError, redis.exceptions.RedisClusterException, ValueError) as exc:
+        # a cluster client connects when it is made
+        answers, url = False, f"{url} ({exc})"
+    if not answers:
+        _unhealthy(f"Redis at {brokers.redact(url)} does not answer")
     said = ["Redis answers"]
+    try:
+        broker = brokers.resolve(settings, url)
+    except ConfigError as exc:
+        _unhealthy(str(exc))
+    if broker.url != url:  # a broker of its own
+        trouble = brokers.ping(broker)
+        if trouble:
+            _unhealthy(f"broker at {brokers.redact(broker.url)} does not answer: {trouble}")
+        said.append(f"broker ({broker.kind}) answers")
     if component in ("all", "beat"):
         limit = max_beat_age or max(30.0, 6 * settings.tick_seconds)
         beat = store.last_beat()
@@ -584,6 +635,6 @@ def health(max_beat_age: float | None, component: str) -> None:
     click.echo("healthy: " + ", ".join(said))
 
 
-def _unhealthy(reason: str) -> None:
+def _unhealthy(reason: str) -> NoReturn:
     click.echo(f"unhealthy: {reason}")
     sys.exit(1)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from worker.broker import Broker
     from worker.store import Store
 
 log = logging.getLogger("newsmon.metrics")
@@ -71,32 +72,40 @@ DELIVERY_SECONDS = Histogram("newsmon_delivery_duration_seconds", "Delivery atte
 HEALTH_CHANGES = Counter("newsmon_feed_health_changes_total",
                          "Feeds entering a health state", ["state"])
 
-# Celery's Redis transport keeps a list per queue and priority step (kombu: priority_steps).
-_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
-
-
 class ClusterCollector(Collector):
-    """Gauges read from Redis at scrape time: the same figures on every worker, so aggregate
-    them with max(), not sum()."""
+    """Gauges read from the broker and the state store at scrape time: the same figures on
+    every worker, so aggregate them with max(), not sum()."""
 
-    def __init__(self, store: Store, queues: tuple[str, ...]):
+    def __init__(self, store: Store, queues: tuple[str, ...], broker: Broker):
         self.store = store
         self.queues = queues
+        self.broker = broker
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        # each engine on its own: a scrape without some gauges beats a failed scrape
         try:
-            yield from self._collect()
-        except Exception as exc:  # a scrape without these gauges beats a failed scrape
-            log.warning("cluster metrics unavailable: %s", exc)
+            yield from self._broker_gauges()
+        except Exception as exc:
+            log.warning("broker metrics unavailable: %s", exc)
+            yield GaugeMetricFamily("newsmon_broker_up", "The broker answers", value=0)
+        try:
+            yield from self._state_gauges()
+        except Exception as exc:
+            log.warning("state store metrics unavailable: %s", exc)
 
-    def _collect(self) -> Iterator[GaugeMetricFamily]:
-        store = self.store
-        now = time.time()
+    def _broker_gauges(self) -> Iterator[GaugeMetricFamily]:
+        from worker.broker import queue_depths
+
         depth = GaugeMetricFamily("newsmon_queue_depth", "Tasks waiting in a Celery queue",
                                   labels=["queue"])
-        for queue, n in store.queue_depths(self.queues, _PRIORITY_SUFFIXES).items():
+        for queue, n in queue_depths(self.broker, self.queues).items():
             depth.add_metric([queue], n)
+        yield GaugeMetricFamily("newsmon_broker_up", "The broker answers", value=1)
         yield depth
+
+    def _state_gauges(self) -> Iterator[GaugeMetricFamily]:
+        store = self.store
+        now = time.time()
         outbox = store.outbox_counts(now)
         for name, text in (("due", "Deliveries due now (alerts and events)"),
                            ("waiting", "Deliveries waiting for a later retry"),
@@ -124,7 +133,7 @@ class ClusterCollector(Collector):
                                     value=max(0.0, now - beat))
 
 
-def serve(port: int, store: Store, queues: tuple[str, ...]) -> None:
+def serve(port: int, store: Store, queues: tuple[str, ...], broker: Broker) -> None:
     """Serve /metrics on ``port`` from this process: every process's counters plus the
     cluster gauges. A port already taken is logged, not fatal: the work goes on."""
     from prometheus_client import CollectorRegistry, start_http_server
@@ -132,7 +141,7 @@ def serve(port: int, store: Store, queues: tuple[str, ...]) -> None:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    registry.register(ClusterCollector(store, queues))
+    registry.register(ClusterCollector(store, queues, broker))
     try:
         start_http_server(port, registry=registry)
     except OSError as exc:

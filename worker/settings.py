@@ -22,11 +22,18 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
     return value
 
 
+REDIS_MODES = ("standalone", "cluster", "sentinel")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a process reads from its environment, typed, read once."""
 
-    redis_url: str | None            # None: start the embedded Redis under data_dir
+    redis_url: str | None            # the state store; None: the embedded Redis under data_dir
+    redis_mode: str                  # standalone | cluster | sentinel (how redis_url is read)
+    redis_master: str | None         # sentinel mode: the service name the sentinels watch
+    broker_url: str | None           # CELERY_BROKER_URL; None: the state Redis is the broker too
+    broker_queue_type: str           # RabbitMQ queues: quorum | classic
     data_dir: Path
     dump_dir: Path
     config_dir: Path
@@ -47,11 +54,31 @@ class Settings:
         if log_format not in ("text", "json"):
             raise ConfigError(f"environment: NEWSMON_LOG_FORMAT: expected text or json, "
                               f"got {log_format!r}")
+        mode = env.get("NEWSMON_REDIS_MODE", "").strip().lower() or "standalone"
+        if mode not in REDIS_MODES:
+            raise ConfigError(f"environment: NEWSMON_REDIS_MODE: expected one of "
+                              f"{', '.join(REDIS_MODES)}, got {mode!r}")
+        master = env.get("NEWSMON_REDIS_MASTER", "").strip() or None
+        redis_url = env.get("REDIS_URL") or None
+        if mode != "standalone" and not redis_url:
+            raise ConfigError(f"environment: NEWSMON_REDIS_MODE={mode} needs REDIS_URL "
+                              "(the embedded Redis is standalone)")
+        if mode == "sentinel" and not master:
+            raise ConfigError("environment: NEWSMON_REDIS_MODE=sentinel needs "
+                              "NEWSMON_REDIS_MASTER, the service name the sentinels watch")
+        queue_type = env.get("NEWSMON_BROKER_QUEUE_TYPE", "").strip().lower() or "quorum"
+        if queue_type not in ("quorum", "classic"):
+            raise ConfigError(f"environment: NEWSMON_BROKER_QUEUE_TYPE: expected quorum or "
+                              f"classic, got {queue_type!r}")
         if port and not port.isdigit():
             raise ConfigError(f"environment: NEWSMON_METRICS_PORT: expected a port number, "
                               f"got {port!r}")
         return cls(
-            redis_url=env.get("REDIS_URL") or None,
+            redis_url=redis_url,
+            redis_mode=mode,
+            redis_master=master,
+            broker_url=env.get("CELERY_BROKER_URL", "").strip() or None,
+            broker_queue_type=queue_type,
             data_dir=Path(env.get("NEWSMON_DATA_DIR") or ".newsmon"),
             dump_dir=Path(env.get("NEWSMON_DUMP_DIR") or "dump"),
             config_dir=Path(env.get("NEWSMON_CONFIG") or "schedules"),

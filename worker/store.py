@@ -37,17 +37,60 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 import redis
+import redis.cluster
+import redis.sentinel
 
 from worker.dedupe import MAX_CANDIDATES, THRESHOLD, StoryKeys, sig_to_hex
 
+if TYPE_CHECKING:
+    from worker.settings import Settings
+
 PREFIX = "newsmon:"
 STREAM_MAXLEN = 100_000
+SENTINEL_PORT = 26379
+_HOST_PORT = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d+))?")
+
+
+def connect(url: str, mode: str = "standalone", master: str | None = None,
+            **options: Any) -> Any:
+    """A client of the state store. standalone: one Redis at ``url``; cluster: ``url`` is any
+    node of a Redis Cluster (the others are discovered); sentinel: ``url`` lists the sentinels
+    (``redis://[:password@]h1:26379,h2:26379/0``) and ``master`` names the service they watch;
+    the password is the master's. ``options`` go to every connection (timeouts)."""
+    options = {"decode_responses": True, "health_check_interval": 30, **options}
+    if mode == "cluster":
+        return redis.cluster.RedisCluster.from_url(url, **options)
+    if mode == "sentinel":
+        return _sentinel_master(url, master or "", options)
+    return redis.Redis.from_url(url, **options)
+
+
+def _sentinel_master(url: str, master: str, options: dict[str, Any]) -> redis.Redis:
+    parts = urlsplit(url)
+    auth, _, hosts = parts.netloc.rpartition("@")
+    user, _, password = auth.partition(":") if auth else ("", "", "")
+    nodes = []
+    for host in filter(None, (h.strip() for h in hosts.split(","))):
+        found = _HOST_PORT.fullmatch(host)
+        if not found:
+            raise ValueError(f"REDIS_URL: {host!r} is not host:port")
+        nodes.append((found["v6"] or found["host"], int(found["port"] or SENTINEL_PORT)))
+    db = int(parts.path.strip("/") or 0)
+    sentinels = redis.sentinel.Sentinel(  # asked for the master's address, again on failover
+        nodes, sentinel_kwargs={k: v for k, v in options.items() if k.startswith("socket_")})
+    if parts.scheme == "rediss":
+        options["ssl"] = True
+    return sentinels.master_for(master, db=db, username=unquote(user) or None,
+                                password=unquote(password) or None, **options)
+
 
 _CLAIM_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
@@ -198,9 +241,19 @@ class Store:
         self._add_event = client.register_script(_ADD_EVENT)
 
     @classmethod
-    def from_url(cls, url: str, retention_days: float = 30.0) -> Store:
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30),
-                   retention_days)
+    def from_url(cls, url: str, retention_days: float = 30.0, mode: str = "standalone",
+                 master: str | None = None, **options: Any) -> Store:
+        return cls(connect(url, mode, master, **options), retention_days)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, url: str | None = None, **options: Any) -> Store:
+        """The state store the settings name (``url``: the embedded Redis when REDIS_URL is
+        unset), in their NEWSMON_REDIS_MODE."""
+        url = url or settings.redis_url
+        if not url:
+            raise ValueError("no state store URL")
+        return cls.from_url(url, settings.retention_days, settings.redis_mode,
+                            settings.redis_master, **options)
 
     def ping(self) -> bool:
         try:
@@ -262,16 +315,6 @@ class Store:
             pipe.hmget(f"{self.p}feed:{name}", ["health", "stale", "outcome"])
         return [{"health": h or "healthy", "stale": s == "1", "outcome": o or ""}
                 for h, s, o in pipe.execute()]
-
-    def queue_depths(self, queues: tuple[str, ...], suffixes: tuple[str, ...]) -> dict[str, int]:
-        """Messages waiting in each Celery queue (the broker is this Redis)."""
-        pipe = self.r.pipeline()
-        for queue in queues:
-            for suffix in suffixes:
-                pipe.llen(queue + suffix)
-        lengths = pipe.execute()
-        n = len(suffixes)
-        return {q: sum(lengths[i * n:(i + 1) * n]) for i, q in enumerate(queues)}
 
     def outbox_counts(self, now: float) -> dict[str, int]:
         pipe = self.r.pipeline()

@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Task
 
-from worker.app import app, broker_url, settings
+from worker.app import app, settings, state_url
 from worker.config import FeedConfig
 from worker.models import ParsedFeed
 from worker.pipeline import Fresh
@@ -22,7 +22,7 @@ log = logging.getLogger("newsmon.tasks")
 
 @cache
 def service() -> Service:
-    return Service(settings, broker_url(settings))
+    return Service(settings, state_url(settings))
 
 
 class NewsmonTask(Task):
