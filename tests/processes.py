@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
+from worker.store import connect
 
 CELERY = [sys.executable, "-m", "celery", "-A", "worker.app"]
 
@@ -27,12 +27,15 @@ def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
 class Processes:
     """A config folder, the environment of one test, and the processes it started."""
 
-    def __init__(self, tmp_path: Path, redis_url: str):
+    def __init__(self, tmp_path: Path, redis_url: str, **env: str):
+        """``env``: more settings (NEWSMON_REDIS_MODE, CELERY_BROKER_URL...) of every process."""
         self.tmp = tmp_path
         self.config = tmp_path / "config"
         self.config.mkdir()
-        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
-        self.env = {**os.environ, "REDIS_URL": redis_url, "NEWSMON_CONFIG": str(self.config),
+        self.redis = connect(redis_url, env.get("NEWSMON_REDIS_MODE", "standalone"),
+                             env.get("NEWSMON_REDIS_MASTER"))
+        self.env = {**os.environ, **env, "REDIS_URL": redis_url,
+                    "NEWSMON_CONFIG": str(self.config),
                     "NEWSMON_DUMP_DIR": str(tmp_path / "dump"),
                     "NEWSMON_DATA_DIR": str(tmp_path / "data"),
                     "NEWSMON_ALLOW_NETWORKS": "127.0.0.0/8", "NEWSMON_TICK_SECONDS": "1",
@@ -56,8 +59,8 @@ class Processes:
         return self.start(*CELERY, "worker", "-Q", "schedule,fetch,process,deliver",
                           "--loglevel", "INFO", *options)
 
-    def beat(self) -> subprocess.Popen[bytes]:
-        return self.start(*CELERY, "beat", "--schedule", str(self.tmp / "beat-schedule"))
+    def beat(self, schedule: str = "beat-schedule") -> subprocess.Popen[bytes]:
+        return self.start(*CELERY, "beat", "--schedule", str(self.tmp / schedule))
 
     def alert_ids(self) -> list[str]:
         return self.redis.zrange("newsmon:alerts:by-time", 0, -1)

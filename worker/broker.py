@@ -90,7 +90,9 @@ def _redis(url: str, settings: Settings) -> Broker:
         if not settings.redis_master:
             raise ConfigError("environment: a sentinel:// broker needs NEWSMON_REDIS_MASTER, "
                               "the service name the sentinels watch")
-        options["master_name"] = settings.redis_master
+        from worker.store import SENTINEL_CLIENT
+
+        options |= {"master_name": settings.redis_master, "sentinel_kwargs": SENTINEL_CLIENT}
     return Broker(url, options)
 
 
@@ -100,8 +102,10 @@ def _amqp(url: str, settings: Settings) -> Broker:
     # it is acknowledged; they have no global QoS, which Celery detects and avoids.
     # Countdowns (a busy destination asks again in a few seconds) then use Celery's native
     # delayed delivery, which needs topic exchanges.
-    celery: dict[str, Any] = {"task_create_missing_queue_type": settings.broker_queue_type}
-    if settings.broker_queue_type == "quorum":
+    kind = settings.broker_queue_type
+    celery: dict[str, Any] = {"task_default_queue_type": kind,
+                              "task_create_missing_queue_type": kind}
+    if kind == "quorum":
         celery["task_create_missing_queue_exchange_type"] = "topic"
     return Broker(url, {"confirm_publish": True}, celery)
 

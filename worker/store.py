@@ -45,7 +45,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+import redis.backoff
 import redis.cluster
+import redis.retry
 import redis.sentinel
 
 from worker.dedupe import MAX_CANDIDATES, THRESHOLD, StoryKeys, sig_to_hex
@@ -56,6 +58,10 @@ if TYPE_CHECKING:
 PREFIX = "newsmon:"
 STREAM_MAXLEN = 100_000
 SENTINEL_PORT = 26379
+# One try per sentinel: asking the next one is the retry (redis-py's default backs off
+# several times on a sentinel that is down before it moves on).
+SENTINEL_CLIENT = {"retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+                   "socket_connect_timeout": 2.0, "socket_timeout": 2.0}
 _HOST_PORT = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d+))?")
 
 
@@ -85,7 +91,8 @@ def _sentinel_master(url: str, master: str, options: dict[str, Any]) -> redis.Re
         nodes.append((found["v6"] or found["host"], int(found["port"] or SENTINEL_PORT)))
     db = int(parts.path.strip("/") or 0)
     sentinels = redis.sentinel.Sentinel(  # asked for the master's address, again on failover
-        nodes, sentinel_kwargs={k: v for k, v in options.items() if k.startswith("socket_")})
+        nodes, sentinel_kwargs={**SENTINEL_CLIENT,
+                                **{k: v for k, v in options.items() if k.startswith("socket_")}})
     if parts.scheme == "rediss":
         options["ssl"] = True
     return sentinels.master_for(master, db=db, username=unquote(user) or None,

@@ -1,0 +1,274 @@
+"""The service on the engines users already run: state on Redis Cluster or Sentinel, the broker
+apart (RabbitMQ, Sentinel, another Redis). Every engine is a real server this test session
+started (tests/engines.py); RabbitMQ tests use a vhost of their own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import yaml
+from kombu import Connection
+
+from tests import engines
+from tests.feeds import LNG_STORY, RICE_STORY, item, rss
+from tests.processes import Processes, wait_until
+from worker.broker import QUEUES, queue_depths, redact, resolve, sentinel_broker_url
+from worker.errors import ConfigError
+from worker.metrics import ClusterCollector
+from worker.settings import Settings
+from worker.store import Store, connect
+
+pytestmark = pytest.mark.integration
+RSS = {"Content-Type": "application/rss+xml"}
+WATCHLISTS = [{"name": "japan", "entities": ["Japan"]}, {"name": "rice", "entities": ["rice"]}]
+needs_rabbitmq = pytest.mark.skipif(not engines.rabbitmq_available(),
+                                    reason="no RabbitMQ on 127.0.0.1:5672 with rabbitmqctl")
+
+
+# -- engines -------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def cluster_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with engines.redis_cluster(tmp_path_factory.mktemp("cluster")) as url:
+        yield url
+
+
+@pytest.fixture
+def cluster_url(cluster_node: str) -> str:
+    """The session's Redis Cluster, every master flushed for one test."""
+    client = connect(cluster_node, "cluster")
+    client.flushall(target_nodes="primaries")
+    client.close()
+    return cluster_node
+
+
+@pytest.fixture(scope="session")
+def sentinel_engines(tmp_path_factory: pytest.TempPathFactory
+                     ) -> Iterator[tuple[str, engines.Servers, int]]:
+    with engines.redis_sentinel(tmp_path_factory.mktemp("sentinel")) as found:
+        yield found
+
+
+@pytest.fixture
+def sentinel_url(sentinel_engines: tuple[str, engines.Servers, int]) -> str:
+    url = sentinel_engines[0]
+    client = connect(url, "sentinel", engines.SENTINEL_MASTER)
+    client.flushall()
+    client.close()
+    return url
+
+
+@pytest.fixture
+def amqp_url() -> Iterator[str]:
+    if not engines.rabbitmq_available():
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672 with rabbitmqctl")
+    with engines.rabbitmq_vhost() as (url, _vhost):
+        yield url
+
+
+def cluster_env(broker: str) -> dict[str, str]:
+    return {"NEWSMON_REDIS_MODE": "cluster", "CELERY_BROKER_URL": broker}
+
+
+def sentinel_env() -> dict[str, str]:
+    return {"NEWSMON_REDIS_MODE": "sentinel", "NEWSMON_REDIS_MASTER": engines.SENTINEL_MASTER}
+
+
+def write_feeds(procs: Processes, feeds: list[dict], webhook: str | None = None) -> None:
+    doc: dict = {"feeds": feeds, "watchlists": [dict(w) for w in WATCHLISTS]}
+    if webhook:
+        doc["webhooks"] = {"desk": {"url": webhook, "secret": engines_secret(),
+                                    "retry": ["1s", "1s", "2s"]}}
+        for w in doc["watchlists"]:
+            w["webhook"] = "desk"
+    (procs.config / "feeds.yaml").write_text(yaml.safe_dump(doc))
+
+
+def engines_secret() -> str:
+    from tests.deliveries import SECRET
+
+    return SECRET
+
+
+def newsmon(procs: Processes, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "worker", *args], env=procs.env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def two_feeds(http_server) -> list[dict]:
+    http_server.routes["/a"] = (200, RSS, rss([item(1, "Rice harvest to grow", RICE_STORY)]))
+    http_server.routes["/b"] = (200, RSS, rss([item(2, "Japan LNG imports jump", LNG_STORY)]))
+    return [{"url": http_server.url(p), "name": p[1:], "every": "2s", "full_text": "never"}
+            for p in ("/a", "/b")]
+
+
+# -- configuration -------------------------------------------------------------------------------
+def test_state_redis_is_the_broker_unless_celery_broker_url_names_one():
+    alone = Settings.from_env({"REDIS_URL": "redis://r:1/0"})
+    assert resolve(alone, "redis://r:1/0").url == "redis://r:1/0"
+    apart = Settings.from_env({"REDIS_URL": "redis://r:1/0",
+                               "CELERY_BROKER_URL": "amqp://u:p@mq:5672/v"})
+    broker = resolve(apart, "redis://r:1/0")
+    assert (broker.url, broker.kind) == ("amqp://u:p@mq:5672/v", "amqp")
+    assert broker.transport_options == {"confirm_publish": True}
+    assert broker.celery["task_create_missing_queue_type"] == "quorum"
+    classic = Settings.from_env({"CELERY_BROKER_URL": "amqp://mq//",
+                                 "NEWSMON_BROKER_QUEUE_TYPE": "classic"})
+    assert resolve(classic, "redis://r:1/0").celery == {
+        "task_default_queue_type": "classic", "task_create_missing_queue_type": "classic"}
+
+
+def test_sentinel_state_is_also_a_sentinel_broker_with_its_master_name():
+    settings = Settings.from_env({"REDIS_URL": "redis://:pw@h1:26379,h2:26380/2",
+                                  **sentinel_env()})
+    broker = resolve(settings, settings.redis_url)
+    assert broker.url == "sentinel://:pw@h1:26379;sentinel://h2:26380/2"
+    assert broker.transport_options["master_name"] == engines.SENTINEL_MASTER
+    assert sentinel_broker_url("redis://h1") == "sentinel://h1/0"
+    assert redact(broker.url) == "sentinel://***@h1:26379;sentinel://h2:26380/2"
+
+
+def test_a_cluster_or_sentinel_without_what_it_needs_is_refused():
+    with pytest.raises(ConfigError, match="CELERY_BROKER_URL"):
+        resolve(Settings.from_env({"REDIS_URL": "redis://n:7000", "NEWSMON_REDIS_MODE":
+                                   "cluster"}), "redis://n:7000")
+    with pytest.raises(ConfigError, match="NEWSMON_REDIS_MASTER"):
+        Settings.from_env({"REDIS_URL": "redis://s:26379", "NEWSMON_REDIS_MODE": "sentinel"})
+    with pytest.raises(ConfigError, match="needs REDIS_URL"):
+        Settings.from_env({"NEWSMON_REDIS_MODE": "cluster"})
+    with pytest.raises(ConfigError, match="standalone, cluster, sentinel"):
+        Settings.from_env({"NEWSMON_REDIS_MODE": "proxy"})
+    with pytest.raises(ConfigError, match="NEWSMON_REDIS_MASTER"):
+        resolve(Settings.from_env({"CELERY_BROKER_URL": "sentinel://s:26379"}), "redis://r")
+    with pytest.raises(ConfigError, match="amqp://"):
+        resolve(Settings.from_env({"CELERY_BROKER_URL": "sqs://"}), "redis://r")
+
+
+def test_run_on_a_cluster_without_a_broker_says_why(tmp_path, cluster_url):
+    procs = Processes(tmp_path, cluster_url, NEWSMON_REDIS_MODE="cluster")
+    write_feeds(procs, [])
+    done = newsmon(procs, "run")
+    assert done.returncode == 1
+    assert "Celery has no Redis Cluster transport" in done.stderr
+    procs.stop_all()
+
+
+# -- Sentinel ------------------------------------------------------------------------------------
+def test_store_on_sentinel_writes_to_the_master_the_sentinels_name(sentinel_url,
+                                                                   sentinel_engines):
+    _, _, master_port = sentinel_engines
+    store = Store.from_url(sentinel_url, mode="sentinel", master=engines.SENTINEL_MASTER)
+    store.sync_feeds(["a"], 100.0)
+    assert store.claim_due(100.0, 60.0) == [("a", 100.0)]
+    direct = connect(f"redis://127.0.0.1:{master_port}/0")
+    assert direct.zscore("newsmon:due", "a") == 160.0
+    direct.close()
+
+
+@pytest.fixture
+def sentinel_procs(tmp_path, sentinel_url) -> Iterator[Processes]:
+    procs = Processes(tmp_path, sentinel_url, **sentinel_env())
+    yield procs
+    procs.stop_all()
+
+
+def test_run_once_status_and_alerts_on_sentinel(sentinel_procs, http_server):
+    procs = sentinel_procs
+    write_feeds(procs, two_feeds(http_server))
+    done = newsmon(procs, "run", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "polled 2 feeds (0 failed), 2 new items, 2 alerts" in done.stdout
+    status = json.loads(newsmon(procs, "status", "--json").stdout)
+    assert [f["outcome"] for f in status["feeds"]] == ["ok", "ok"]
+    assert status["state_store"]["mode"] == "sentinel"
+    assert status["broker"]["kind"] == "sentinel" and status["broker"]["up"]
+    assert set(status["broker"]["queues"]) == set(QUEUES)
+    listed = newsmon(procs, "alerts", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(a["watchlist"] for a in json.loads(listed.stdout)) == ["japan", "rice"]
+
+
+def test_worker_and_beat_on_sentinel_use_it_as_broker_too(sentinel_procs, http_server):
+    procs = sentinel_procs
+    write_feeds(procs, two_feeds(http_server))
+    procs.worker()
+    procs.beat()
+    wait_until(lambda: procs.alerts() == ["japan", "rice"], 60, "alerts through Sentinel")
+    wait_until(lambda: newsmon(procs, "health").returncode == 0, 30, "health")
+    said = newsmon(procs, "health").stdout
+    assert "broker (sentinel) answers" in said and "worker(s) answered" in said
+
+
+# -- RabbitMQ ------------------------------------------------------------------------------------
+@needs_rabbitmq
+def test_rabbitmq_broker_with_redis_state_uses_quorum_queues(tmp_path, redis_url, amqp_url,
+                                                             http_server):
+    procs = Processes(tmp_path, redis_url, CELERY_BROKER_URL=amqp_url)
+    write_feeds(procs, two_feeds(http_server))
+    procs.worker()
+    procs.beat()
+    try:
+        wait_until(lambda: procs.alerts() == ["japan", "rice"], 60, "alerts through RabbitMQ")
+        vhost = amqp_url.rsplit("/", 1)[1]
+        listed = engines.rabbitmqctl("list_queues", "-p", vhost, "name", "type", "--quiet")
+        types = dict(line.split() for line in listed.splitlines()[1:] if line.strip())
+        assert {types.get(q) for q in QUEUES} == {"quorum"}, listed
+        # nothing of the broker went to the state Redis
+        assert not [k for k in procs.redis.keys("*") if not k.startswith("newsmon:")]
+        wait_until(lambda: newsmon(procs, "health").returncode == 0, 30, "health")
+        assert "broker (amqp) answers" in newsmon(procs, "health").stdout
+    finally:
+        procs.stop_all()
+
+
+@needs_rabbitmq
+def test_queue_depths_come_from_the_broker_in_use(redis_url, amqp_url):
+    settings = Settings.from_env({"REDIS_URL": redis_url, "CELERY_BROKER_URL": amqp_url})
+    broker = resolve(settings, redis_url)
+    with Connection(amqp_url) as conn:
+        queue = conn.SimpleQueue("fetch", queue_args={"x-queue-type": "quorum"})
+        for n in range(3):
+            queue.put({"n": n})
+        queue.close()
+    assert queue_depths(broker, QUEUES) == {"schedule": 0, "fetch": 3, "process": 0,
+                                            "deliver": 0}
+    store = Store.from_url(redis_url)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in ClusterCollector(store, QUEUES, broker).collect()
+               for s in family.samples}
+    assert samples[("newsmon_queue_depth", (("queue", "fetch"),))] == 3
+    assert samples[("newsmon_broker_up", ())] == 1
+
+
+def test_a_broker_that_does_not_answer_is_reported(tmp_path, redis_url):
+    dead = f"amqp://guest:guest@127.0.0.1:{engines.free_port()}//"
+    procs = Processes(tmp_path, redis_url, CELERY_BROKER_URL=dead)
+    write_feeds(procs, [])
+    said = newsmon(procs, "health", "--component", "beat")
+    assert said.returncode == 1
+    assert said.stdout.startswith("unhealthy: broker at amqp://***@127.0.0.1:")
+    status = json.loads(newsmon(procs, "status", "--json").stdout)
+    assert status["broker"]["up"] is False and status["broker"]["error"]
+    broker = resolve(Settings.from_env({"CELERY_BROKER_URL": dead}), redis_url)
+    samples = {s.name: s.value for family in ClusterCollector(Store.from_url(redis_url), QUEUES,
+                                                              broker).collect()
+               for s in family.samples}
+    assert samples["newsmon_broker_up"] == 0
+    assert "newsmon_outbox_due" in samples  # the state store's gauges still come
+    procs.stop_all()
+
+
+# -- Redis Cluster -------------------------------------------------------------------------------
+def test_cluster_client_reaches_every_node_from_any_one(cluster_url):
+    store = Store.from_url(cluster_url, mode="cluster")
+    assert store.ping()
+    names = [f"feed-{n}" for n in range(50)]
+    store.sync_feeds(names, 100.0)
+    states = store.feed_states(names)  # one pipeline over keys of every node
+    assert states == [{}] * 50
+    nodes = store.r.get_primaries()
+    assert len(nodes) == 3
+    assert sorted(n for n, _ in store.claim_due(100.0, 60.0)) == sorted(names)
