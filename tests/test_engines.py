@@ -264,26 +264,90 @@ def test_a_broker_that_does_not_answer_is_reported(tmp_path, redis_url):
 
 
 # -- Redis Cluster -------------------------------------------------------------------------------
-def test_cluster_client_reaches_every_node_from_any_one(cluster_url):
+# The Lua scripts must declare their keys in KEYS, all in one slot (issue 9's key design);
+# until then a script lands on a random node and Redis refuses it. Strict: the tests say so
+# the moment the scripts are cluster-safe.
+CLUSTER_SCRIPTS = pytest.mark.xfail(
+    strict=True, reason="scripts not cluster-safe yet: claim_story, claim_seq, claim_alert, "
+                        "add_event and the delivery scripts build key names from ARGV")
+
+
+def test_every_command_outside_scripts_works_on_a_cluster(cluster_url):
+    """Pipelines over keys of every node, reads and writes of each family, no KEYS or SCAN."""
     store = Store.from_url(cluster_url, mode="cluster")
-    assert store.ping()
-    names = [f"feed-{n}" for n in range(50)]
+    names = [f"feed-{n}" for n in range(40)]
     store.sync_feeds(names, 100.0)
-    states = store.feed_states(names)  # one pipeline over keys of every node
-    assert states == [{}] * 50
-    nodes = store.r.get_primaries()
-    assert len(nodes) == 3
+    assert store.feed_states(names) == [{}] * 40
     assert sorted(n for n, _ in store.claim_due(100.0, 60.0)) == sorted(names)
+    for n, name in enumerate(names):
+        store.record_fetch(name, {"outcome": "ok", "health": "healthy", "etag": None}, 200.0 + n)
+    assert store.due_times()["feed-7"] == 207.0
+    assert {s["outcome"] for s in store.feed_health_summary()} == {"ok"}
+    store.sync_feeds(names[:10], 300.0)
+    assert sorted(store.due_times()) == sorted(names[:10])
+    store.mark_beat(123.0)
+    assert store.last_beat() == 123.0
+    ids = [f"{n:016x}" for n in range(30)]
+    for aid in ids[:20]:
+        store.mark_done(aid)
+    assert store.done_articles(ids) == set(ids[:20])
+    for n, aid in enumerate(ids):
+        store.r.hset(f"newsmon:alert:{aid}", mapping={
+            "data": json.dumps({"id": aid, "story": f"s{n}"}), "state": "delivered"})
+        store.r.zadd("newsmon:alerts:by-time", {aid: n})
+    assert [a["id"] for a in store.alerts()] == ids
+    assert [a["id"] for a in store.alerts(since=25)] == ids[25:]
+    assert store.alert(ids[3])["state"] == "delivered"
+    assert store.alert_stories(ids[:3]) == ["s0", "s1", "s2"]
+    assert set(store.delivery_states(ids).values()) == {"delivered"}
+    store.r.zadd("newsmon:dead", {f"{ids[1]}|webhook:desk": 1.0})
+    store.r.zadd("newsmon:outbox", {ids[2]: 50.0})
+    assert store.dead_alerts() == [ids[1]]
+    assert store.outbox_next() == 50.0
+    assert store.outbox_counts(100.0) == {"due": 1, "waiting": 0, "dead": 1}
+    store.disable_webhook("d1", {"reason": "gone"})
+    assert store.webhook_disabled("d1") == {"reason": "gone"}
+    store.add_article({"id": ids[0]})
+    assert store.stats() == {"articles": 0, "stories": 0, "duplicates": 0, "alerts": 0}
 
 
 @pytest.fixture
-def cluster_procs(tmp_path, cluster_url) -> Iterator[Processes]:
-    procs = Processes(tmp_path, cluster_url, **cluster_env("redis://127.0.0.1:1/0"))
+def cluster_procs(tmp_path, cluster_url, amqp_url) -> Iterator[Processes]:
+    procs = Processes(tmp_path, cluster_url, **cluster_env(amqp_url))
     yield procs
     procs.stop_all()
 
 
-def test_run_once_status_and_alerts_on_a_cluster(cluster_procs, http_server):
+@needs_rabbitmq
+def test_status_health_and_metrics_on_a_cluster_with_rabbitmq(cluster_procs, http_server):
+    procs = cluster_procs
+    feeds = two_feeds(http_server)
+    write_feeds(procs, feeds)
+    store = Store.from_url(procs.env["REDIS_URL"], mode="cluster")
+    store.sync_feeds(["a", "b"], time.time())
+    store.record_fetch("a", {"outcome": "ok", "health": "healthy"}, time.time() + 60)
+    store.mark_beat(time.time())
+    status = newsmon(procs, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    view = json.loads(status.stdout)
+    assert [f["outcome"] for f in view["feeds"]] == ["ok", "never fetched"]
+    assert view["state_store"]["mode"] == "cluster"
+    assert view["broker"]["kind"] == "amqp" and view["broker"]["up"]
+    text = newsmon(procs, "status").stdout
+    assert "(cluster)" in text and "broker: amqp://***@127.0.0.1:5672/" in text
+    said = newsmon(procs, "health", "--component", "beat")
+    assert said.returncode == 0, said.stdout
+    assert "Redis answers, broker (amqp) answers, beat" in said.stdout
+    broker = resolve(Settings.from_env(dict(procs.env)), procs.env["REDIS_URL"])
+    samples = [s for family in ClusterCollector(store, QUEUES, broker).collect()
+               for s in family.samples]
+    assert sum(s.value for s in samples if s.name == "newsmon_feeds") == 2
+    assert [s.value for s in samples if s.name == "newsmon_broker_up"] == [1]
+
+
+@CLUSTER_SCRIPTS
+@needs_rabbitmq
+def test_run_once_and_alerts_on_a_cluster(cluster_procs, http_server):
     procs = cluster_procs
     write_feeds(procs, two_feeds(http_server), webhook=http_server.url("/hook"))
     http_server.routes["/hook"] = (204, {}, b"")
@@ -291,9 +355,6 @@ def test_run_once_status_and_alerts_on_a_cluster(cluster_procs, http_server):
     assert done.returncode == 0, done.stderr
     assert "polled 2 feeds (0 failed), 2 new items, 2 alerts: 2 delivered" in done.stdout
     assert http_server.hits("/hook") == 2
-    status = json.loads(newsmon(procs, "status", "--json").stdout)
-    assert [f["outcome"] for f in status["feeds"]] == ["ok", "ok"]
-    assert status["state_store"]["mode"] == "cluster"
     listed = json.loads(newsmon(procs, "alerts", "list", "--json").stdout)
     assert sorted(a["watchlist"] for a in listed) == ["japan", "rice"]
     shown = newsmon(procs, "alerts", "show", listed[0]["id"], "--json")
@@ -309,13 +370,9 @@ def distinct_story(n: int) -> str:
     return f"Japan {n}: " + " ".join(words) + "."
 
 
-# Cluster: the Lua scripts must declare their keys in KEYS, all in one slot (issue 9's key
-# design); until then a script lands on a random node and Redis refuses it.
 STATE_ENGINES = [
     pytest.param("standalone", id="redis"),
-    pytest.param("cluster", id="redis-cluster", marks=pytest.mark.xfail(
-        strict=True, reason="scripts not cluster-safe yet: claim_story, claim_seq, "
-                            "claim_alert, add_event, deliveries (keys built from ARGV)")),
+    pytest.param("cluster", id="redis-cluster", marks=CLUSTER_SCRIPTS),
 ]
 
 
