@@ -41,6 +41,12 @@ def free_port(limit: int = 65535) -> int:
     raise RuntimeError("no free port")
 
 
+def ask(port: int, *command: str) -> object:
+    """One command to the server on ``port``, on a connection closed right after."""
+    with redis.Redis(port=port, decode_responses=True) as client:
+        return client.execute_command(*command)
+
+
 def _wait(check: object, what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,7 +71,7 @@ class Servers:
              "--dir", str(self.folder), "--appendonly", "no", "--save", ""],
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        _wait(lambda: redis.Redis(port=port).ping(), f"redis-server on port {port}")
+        _wait(lambda: ask(port, "PING"), f"redis-server on port {port}")
 
     def kill(self, port: int) -> None:
         proc = self.procs.pop(port)
@@ -89,8 +95,8 @@ def redis_cluster(folder: Path, nodes: int = 3) -> Iterator[str]:
         subprocess.run([shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
                         *(f"127.0.0.1:{p}" for p in ports), "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
-        _wait(lambda: all(redis.Redis(port=p).cluster("info")["cluster_state"] == "ok"
-                          for p in ports), "the cluster to be ok")
+        _wait(lambda: all("cluster_state:ok" in str(ask(p, "CLUSTER", "INFO")) for p in ports),
+              "the cluster to be ok")
         yield f"redis://127.0.0.1:{ports[0]}/0"
     finally:
         servers.stop()
@@ -114,10 +120,10 @@ def redis_sentinel(folder: Path) -> Iterator[tuple[str, Servers, int]]:
             [redis_binary(prefer_machine=True), str(conf), "--sentinel", "--port", str(port),
              "--bind", "127.0.0.1", "--dir", str(folder)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        _wait(lambda: redis.Redis(port=port).execute_command(
-            "SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER), "the sentinel")
-        _wait(lambda: redis.Redis(port=port).execute_command(
-            "SENTINEL", "replicas", SENTINEL_MASTER), "the sentinel to see the replica")
+        _wait(lambda: ask(port, "SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER),
+              "the sentinel")
+        _wait(lambda: ask(port, "SENTINEL", "replicas", SENTINEL_MASTER),
+              "the sentinel to see the replica")
         # a second address that never answers: the client must try the next sentinel
         yield f"redis://127.0.0.1:{free_port()},127.0.0.1:{port}/0", servers, master
     finally:

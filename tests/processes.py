@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from worker.store import connect
+from worker.store import close, connect
 
 CELERY = [sys.executable, "-m", "celery", "-A", "worker.app"]
 
@@ -87,4 +87,4 @@ class Processes:
     def stop_all(self) -> None:
         for proc in self.procs:
             self.kill(proc)
-        self.redis.close()
+        close(self.redis)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 import yaml
 from kombu import Connection
 
@@ -22,7 +23,7 @@ from worker.broker import QUEUES, queue_depths, redact, resolve, sentinel_broker
 from worker.errors import ConfigError
 from worker.metrics import ClusterCollector
 from worker.settings import Settings
-from worker.store import Store, connect
+from worker.store import Store, close, connect
 
 pytestmark = pytest.mark.integration
 RSS = {"Content-Type": "application/rss+xml"}
@@ -59,7 +60,7 @@ def sentinel_url(sentinel_engines: tuple[str, engines.Servers, int]) -> str:
     url = sentinel_engines[0]
     client = connect(url, "sentinel", engines.SENTINEL_MASTER)
     client.flushall()
-    client.close()
+    close(client)
     return url
 
 
@@ -168,6 +169,26 @@ def test_store_on_sentinel_writes_to_the_master_the_sentinels_name(sentinel_url,
     direct = connect(f"redis://127.0.0.1:{master_port}/0")
     assert direct.zscore("newsmon:due", "a") == 160.0
     direct.close()
+    store.close()
+
+
+def test_the_store_follows_a_sentinel_failover_to_the_new_master(tmp_path):
+    with engines.redis_sentinel(tmp_path) as (url, servers, master_port):
+        store = Store.from_url(url, mode="sentinel", master=engines.SENTINEL_MASTER,
+                               socket_timeout=2, socket_connect_timeout=2)
+        store.mark_beat(1.0)
+        servers.kill(master_port)
+
+        def written() -> bool:
+            try:
+                store.mark_beat(2.0)
+                return store.last_beat() == 2.0
+            except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError):
+                return False  # until the sentinel has promoted the replica
+
+        wait_until(written, 30, "a write on the promoted replica")
+        assert store.r.connection_pool.get_master_address()[1] != master_port
+        store.close()
 
 
 @pytest.fixture
@@ -243,6 +264,7 @@ def test_queue_depths_come_from_the_broker_in_use(redis_url, amqp_url):
                for s in family.samples}
     assert samples[("newsmon_queue_depth", (("queue", "fetch"),))] == 3
     assert samples[("newsmon_broker_up", ())] == 1
+    store.close()
 
 
 def test_a_broker_that_does_not_answer_is_reported(tmp_path, redis_url):
@@ -255,9 +277,10 @@ def test_a_broker_that_does_not_answer_is_reported(tmp_path, redis_url):
     status = json.loads(newsmon(procs, "status", "--json").stdout)
     assert status["broker"]["up"] is False and status["broker"]["error"]
     broker = resolve(Settings.from_env({"CELERY_BROKER_URL": dead}), redis_url)
-    samples = {s.name: s.value for family in ClusterCollector(Store.from_url(redis_url), QUEUES,
-                                                              broker).collect()
+    store = Store.from_url(redis_url)
+    samples = {s.name: s.value for family in ClusterCollector(store, QUEUES, broker).collect()
                for s in family.samples}
+    store.close()
     assert samples["newsmon_broker_up"] == 0
     assert "newsmon_outbox_due" in samples  # the state store's gauges still come
     procs.stop_all()
@@ -309,6 +332,7 @@ def test_every_command_outside_scripts_works_on_a_cluster(cluster_url):
     assert store.webhook_disabled("d1") == {"reason": "gone"}
     store.add_article({"id": ids[0]})
     assert store.stats() == {"articles": 0, "stories": 0, "duplicates": 0, "alerts": 0}
+    store.close()
 
 
 @pytest.fixture
@@ -343,6 +367,7 @@ def test_status_health_and_metrics_on_a_cluster_with_rabbitmq(cluster_procs, htt
                for s in family.samples]
     assert sum(s.value for s in samples if s.name == "newsmon_feeds") == 2
     assert [s.value for s in samples if s.name == "newsmon_broker_up"] == [1]
+    store.close()
 
 
 @CLUSTER_SCRIPTS

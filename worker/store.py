@@ -79,6 +79,14 @@ def connect(url: str, mode: str = "standalone", master: str | None = None,
     return redis.Redis.from_url(url, **options)
 
 
+def close(client: Any) -> None:
+    """Close a client of ``connect`` (a sentinel client's connections to the sentinels too)."""
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", []):
+        sentinel.close()
+    client.close()
+
+
 def _sentinel_master(url: str, master: str, options: dict[str, Any]) -> redis.Redis:
     parts = urlsplit(url)
     auth, _, hosts = parts.netloc.rpartition("@")
@@ -261,6 +269,9 @@ class Store:
             raise ValueError("no state store URL")
         return cls.from_url(url, settings.retention_days, settings.redis_mode,
                             settings.redis_master, **options)
+
+    def close(self) -> None:
+        close(self.r)
 
     def ping(self) -> bool:
         try:
