@@ -248,6 +248,33 @@ def test_rabbitmq_broker_with_redis_state_uses_quorum_queues(tmp_path, redis_url
 
 
 @needs_rabbitmq
+def test_a_busy_webhook_waits_through_rabbitmq_delayed_delivery(tmp_path, redis_url, amqp_url,
+                                                                http_server):
+    """More alerts than a destination's slots, to a slow receiver: the waiting attempts go
+    through RabbitMQ's native delayed delivery, which takes whole seconds only."""
+    procs = Processes(tmp_path, redis_url, CELERY_BROKER_URL=amqp_url)
+
+    def slow(handler):
+        time.sleep(1.5)
+        return 204, {}, b""
+
+    http_server.routes["/hook"] = slow
+    http_server.routes["/a"] = (200, RSS, rss([item(n, f"Japan story number {n}",
+                                                    distinct_story(n)) for n in range(10)]))
+    write_feeds(procs, [{"url": http_server.url("/a"), "name": "a", "every": "1h",
+                         "full_text": "never"}], webhook=http_server.url("/hook"))
+    procs.worker("--pool", "threads", "-c", "16")
+    procs.beat()
+    try:
+        wait_until(lambda: len(procs.alert_ids()) == 10
+                   and all(procs.state(a) == "delivered" for a in procs.alert_ids()),
+                   60, "every alert delivered")
+        assert "countdown must be a positive number" not in procs.logs()
+    finally:
+        procs.stop_all()
+
+
+@needs_rabbitmq
 def test_queue_depths_come_from_the_broker_in_use(redis_url, amqp_url):
     settings = Settings.from_env({"REDIS_URL": redis_url, "CELERY_BROKER_URL": amqp_url})
     broker = resolve(settings, redis_url)
@@ -402,6 +429,7 @@ STATE_ENGINES = [
 
 
 @needs_rabbitmq
+@pytest.mark.timeout(400)
 @pytest.mark.parametrize("state", STATE_ENGINES)
 def test_three_workers_two_beats_one_killed_deliver_each_alert_once(
         state, request, tmp_path, amqp_url, http_server):

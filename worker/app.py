@@ -10,7 +10,7 @@ from worker.broker import QUEUES, resolve
 from worker.logs import configure_logging
 from worker.settings import Settings
 
-__all__ = ["QUEUES", "app", "settings", "state_url"]
+__all__ = ["QUEUES", "app", "broker", "settings", "state_url"]
 
 
 def state_url(settings: Settings) -> str:

@@ -106,7 +106,8 @@ def _amqp(url: str, settings: Settings) -> Broker:
     celery: dict[str, Any] = {"task_default_queue_type": kind,
                               "task_create_missing_queue_type": kind}
     if kind == "quorum":
-        celery["task_create_missing_queue_exchange_type"] = "topic"
+        celery |= {"task_default_exchange_type": "topic",
+                   "task_create_missing_queue_exchange_type": "topic"}
     return Broker(url, {"confirm_publish": True}, celery)
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from functools import cache
 from typing import Any
 
 from celery import Task
 
-from worker.app import app, settings, state_url
+from worker.app import app, broker, settings, state_url
 from worker.config import FeedConfig
 from worker.models import ParsedFeed
 from worker.pipeline import Fresh
@@ -82,4 +83,7 @@ def deliver(member: str, token: str, watchlist: str) -> None:
     tag(alert=member.partition("|")[0], watchlist=watchlist)
     result = service().deliver(DeliveryClaim(member, token, watchlist))
     if result.outcome == "busy":  # its destination's slots are taken by slow attempts
-        deliver.apply_async((member, token, watchlist), countdown=result.wait)
+        # RabbitMQ's native delayed delivery (quorum queues) counts whole seconds, and Celery
+        # refuses a countdown there that rounds down to 0
+        wait = math.ceil(result.wait) if broker.kind == "amqp" else result.wait
+        deliver.apply_async((member, token, watchlist), countdown=wait)
