@@ -1,4 +1,6 @@
-"""All of newsmon's state in Redis: every key name, TTL and Lua script lives here.
+"""All of newsmon's state in Redis: every key name, TTL and Lua script lives here, and the one
+function that connects to it (``connect``: one Redis, a Redis Cluster, or the master a set of
+sentinels names, after NEWSMON_REDIS_MODE).
 
 Keys (prefix ``newsmon:``):
     feed:{name}          hash    fetch state of a feed (etag, last outcome, failures, next due)
