@@ -212,6 +212,10 @@ def test_run_once_status_and_alerts_on_sentinel(sentinel_procs, http_server):
     listed = newsmon(procs, "alerts", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert sorted(a["watchlist"] for a in json.loads(listed.stdout)) == ["japan", "rice"]
+    shown = newsmon(procs, "alerts", "show", json.loads(listed.stdout)[0]["id"], "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["state"] == "recorded"
+    replayed = newsmon(procs, "alerts", "replay", "--dead")
+    assert (replayed.returncode, replayed.stdout) == (0, "no dead-lettered alerts\n")
 
 
 def test_worker_and_beat_on_sentinel_use_it_as_broker_too(sentinel_procs, http_server):
@@ -396,7 +400,7 @@ def cluster_procs(tmp_path, cluster_url, amqp_url) -> Iterator[Processes]:
 def test_status_health_and_metrics_on_a_cluster_with_rabbitmq(cluster_procs, http_server):
     procs = cluster_procs
     feeds = two_feeds(http_server)
-    write_feeds(procs, feeds)
+    write_feeds(procs, feeds, webhook=http_server.url("/hook"))
     store = Store.from_url(procs.env["REDIS_URL"], mode="cluster")
     store.sync_feeds(["a", "b"], time.time())
     store.record_fetch("a", {"outcome": "ok", "health": "healthy"}, time.time() + 60)
@@ -409,6 +413,8 @@ def test_status_health_and_metrics_on_a_cluster_with_rabbitmq(cluster_procs, htt
     assert view["broker"]["kind"] == "amqp" and view["broker"]["up"]
     text = newsmon(procs, "status").stdout
     assert "(cluster)" in text and "broker: amqp://***@127.0.0.1:5672/" in text
+    hooks = newsmon(procs, "webhook", "list")
+    assert hooks.returncode == 0 and "desk" in hooks.stdout and "enabled" in hooks.stdout
     said = newsmon(procs, "health", "--component", "beat")
     assert said.returncode == 0, said.stdout
     assert "Redis answers, broker (amqp) answers, beat" in said.stdout
