@@ -658,9 +658,9 @@ def bench(quick: bool, only: tuple[str, ...]) -> None:
                    "(default: 6 ticks, at least 30 s).")
 @click.option("--component", type=click.Choice(["all", "worker", "beat"]), default="all",
               show_default=True,
-              help="all: Redis, a recent beat tick and any worker; worker: Redis and the worker "
-                   "of this host (celery@HOSTNAME); beat: Redis and a recent beat tick. "
-                   "Liveness probes check their own component.")
+              help="all: Redis, the broker, a recent beat tick and any worker; worker: Redis, "
+                   "the broker and the worker of this host (celery@HOSTNAME); beat: Redis, the "
+                   "broker and a recent beat tick. Liveness probes check their own component.")
 def health(max_beat_age: float | None, component: str) -> None:
     """Exit 0 when the state store and the broker answer, the beat tick is recent and a worker
     answers a ping; else print a one-line reason and exit 1."""

@@ -1,7 +1,7 @@
 """Prometheus metrics: what each process did (counters and histograms, shared between Celery's
 prefork children through prometheus-client's multiprocess files) and what the cluster looks
-like now (gauges read from Redis when scraped). Served by the worker on NEWSMON_METRICS_PORT.
-Names and labels are listed in docs/operations.md.
+like now (gauges read from the broker and the state store when scraped). Served by the worker
+on NEWSMON_METRICS_PORT. Names and labels are listed in docs/operations.md.
 
 The multiprocess mode must be chosen before prometheus_client is imported: when metrics are on
 and PROMETHEUS_MULTIPROC_DIR is unset, this module points it at a folder of its own under the
