@@ -124,7 +124,7 @@ class ClusterCollector(Collector):
                                 "failing_after", value=tally["failing"])
         yield GaugeMetricFamily("newsmon_feeds_stale", "Feeds with nothing new for much longer "
                                 "than their usual rhythm", value=sum(s["stale"] for s in states))
-        fetched = [s for s in states if s["outcome"] in ("ok", "not modified")]
+        fetched = [s for s in states if s["outcome"] in ("ok", "not modified", "unchanged")]
         ratio = (sum(s["outcome"] == "not modified" for s in fetched) / len(fetched)
                  if fetched else 0.0)
         yield GaugeMetricFamily("newsmon_feeds_not_modified_ratio", "Share of the feeds whose "

@@ -14,22 +14,23 @@ from typing import Any
 
 from worker import metrics
 from worker.config import FeedConfig
-from worker.dedupe import canonical_url, story_keys
+from worker.dedupe import story_keys
 from worker.dump import dump_of, dump_path, place_dump, render_dump
-from worker.errors import FetchError, NotAFeedError
-from worker.fetch import Fetcher, redact_url
+from worker.errors import BadEntryError, FetchError, NotAFeedError
+from worker.fetch import Fetcher
 from worker.health import FAILING, Health, health_event, is_stale, next_health, rhythm, stale_threshold
 from worker.match import Matcher, match_article
 from worker.models import Article, FeedEntry, ParsedFeed, WatchlistHit
 from worker.normalize import (
     PageText,
-    article_id,
     extract_page,
     html_to_paragraphs,
     needs_full_text,
     normalize_entry,
 )
-from worker.parse import parse_feed
+from worker.normalize import entry_article_id as article_id_of
+from worker.parse import body_digest, parse_feed
+from worker.redact import redact, redact_url
 from worker.schedule import next_due_after_failure, next_due_after_success
 from worker.store import Store
 
@@ -55,29 +56,25 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
     Entries are submitted before the feed's ETag is saved, so a crash in between means a
     refetch, never a lost entry."""
     state = store.feed_state(feed.name)
-    failures = int(state.get("failures") or 0)
-    outcome: dict[str, Any] = {"url": feed.url, "last_fetch": now, "new_items": 0}
+    outcome: dict[str, Any] = {"url": redact_url(feed.url), "last_fetch": now, "new_items": 0}
     ids = {"feed": feed.name}
     try:
-        with metrics.FETCH_SECONDS.time():  # failed fetches too
-            result = fetcher.get(feed.url, etag=state.get("etag") or None,
-                                 last_modified=state.get("last_modified") or None)
-        outcome.update(status=result.status, etag=result.etag or state.get("etag"),
-                       last_modified=result.last_modified or state.get("last_modified"))
-        if result.not_modified:
-            outcome.update(outcome="not modified", failures=0, error="", last_ok=now)
-            log.debug("feed=%s outcome=not-modified status=304", feed.name, extra=ids)
-            return record_poll(feed, store, state, outcome, now, next_due_after_success(now, feed.every))
-        parsed = parse_feed(result.content, result.content_type)
+        parsed = read_feed(feed, state, fetcher, outcome)
     except (FetchError, NotAFeedError) as exc:
-        reason = exc.reason if isinstance(exc, FetchError) else str(exc)
+        reason = redact(exc.reason if isinstance(exc, FetchError) else str(exc))  # stored, shown
         retry_after = exc.retry_after if isinstance(exc, FetchError) else None
-        outcome.update(outcome="failed", error=reason, failures=failures + 1,
-                       status=getattr(exc, "status", None) or "")
-        log.warning("feed=%s outcome=failed failures=%d reason=%s", feed.name, failures + 1, reason,
-                    extra=ids)
-        return record_poll(feed, store, state, outcome, now,
-                           next_due_after_failure(now, feed.every, failures + 1, retry_after))
+        return record_failure(feed, store, state, outcome, now, reason, retry_after,
+                              getattr(exc, "status", None))
+    except Exception as exc:  # the feed boundary: a bug on this feed's bytes or headers
+        log.exception("feed=%s fetch or parse raised", feed.name, extra=ids)
+        return record_failure(feed, store, state, outcome, now,
+                              redact(f"unexpected {type(exc).__name__}: {str(exc)[:200]}"), None,
+                              None)
+    if parsed is None:  # 304, or a 200 with the bytes of the last successful parse
+        outcome.update(failures=0, error="", last_ok=now)
+        log.debug("feed=%s outcome=%s status=%s", feed.name, outcome["outcome"].replace(" ", "-"),
+                  outcome["status"], extra=ids)
+        return record_poll(feed, store, state, outcome, now, next_due_after_success(now, feed.every))
     fresh = new_entries(feed, parsed, store, fetcher)
     if fresh:
         submit(feed, parsed, fresh)
@@ -87,6 +84,41 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
              len(parsed.entries), len(fresh), extra=ids)
     return record_poll(feed, store, state, outcome, now,
                        next_due_after_success(now, feed.every, parsed.ttl_minutes))
+
+
+def read_feed(feed: FeedConfig, state: dict[str, str], fetcher: Fetcher,
+              outcome: dict[str, Any]) -> ParsedFeed | None:
+    """Fetch and parse the feed, noting status, validators and the body's digest in
+    ``outcome``; None when there is nothing new to parse: a 304 ("not modified"), or a 200
+    whose body is byte-identical to the last one parsed ("unchanged": many servers ignore
+    conditional requests, and a parse costs 30x the fetch)."""
+    with metrics.FETCH_SECONDS.time():  # failed fetches too
+        result = fetcher.get(feed.url, etag=state.get("etag") or None,
+                             last_modified=state.get("last_modified") or None)
+    outcome.update(status=result.status, etag=result.etag or state.get("etag"),
+                   last_modified=result.last_modified or state.get("last_modified"))
+    if result.not_modified:
+        outcome["outcome"] = "not modified"
+        return None
+    digest = body_digest(result.content, result.content_type)
+    if digest == state.get("body_hash"):
+        outcome["outcome"] = "unchanged"
+        return None
+    parsed = parse_feed(result.content, result.content_type, url=result.url or str(feed.url),
+                        timezone=feed.timezone)
+    outcome["body_hash"] = digest  # saved with the outcome, so only after the entries are submitted
+    return parsed
+
+
+def record_failure(feed: FeedConfig, store: Store, state: dict[str, str], outcome: dict[str, Any],
+                   now: float, reason: str, retry_after: float | None,
+                   status: int | None) -> dict[str, Any]:
+    failures = int(state.get("failures") or 0) + 1
+    outcome.update(outcome="failed", error=reason, failures=failures, status=status or "")
+    log.warning("feed=%s outcome=failed failures=%d reason=%s", feed.name, failures, reason,
+                extra={"feed": feed.name})
+    return record_poll(feed, store, state, outcome, now,
+                       next_due_after_failure(now, feed.every, failures, retry_after))
 
 
 def item_rhythm(parsed: ParsedFeed, any_new: bool, now: float) -> dict[str, float]:
@@ -152,7 +184,7 @@ def iso(ts: float) -> str:
 
 
 def entry_article_id(feed: FeedConfig, entry: FeedEntry) -> str:
-    return article_id(canonical_url(entry.link) if entry.link else "", feed.url, entry.guid)
+    return article_id_of(entry, feed.url)
 
 
 def new_entries(feed: FeedConfig, parsed: ParsedFeed, store: Store,
@@ -179,8 +211,12 @@ def full_text(feed: FeedConfig, entry: FeedEntry, fetcher: Fetcher) -> PageText 
     try:
         page = fetcher.get(entry.link, accept="text/html,application/xhtml+xml")
     except FetchError as exc:
-        log.info("feed=%s full-text fetch failed url=%s reason=%s", feed.name, entry.link,
+        log.info("feed=%s full-text fetch failed url=%s reason=%s", feed.name, redact_url(entry.link),
                  exc.reason, extra={"feed": feed.name})
+        return None
+    except Exception:  # the page boundary: a bad page or header keeps the feed's own text
+        log.warning("feed=%s full-text fetch raised url=%s", feed.name, entry.link,
+                    exc_info=True, extra={"feed": feed.name})
         return None
     return extract_page(page.content, page.url)
 
@@ -195,6 +231,10 @@ def process_entries(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh], st
         try:
             article = normalize_entry(item.entry, parsed, feed_url=feed.url, first_seen=first_seen,
                                       feed_name=feed.name, timezone=feed.timezone, page=item.page)
+        except BadEntryError as exc:  # this entry's data: skipped, the others go on
+            log.warning("feed=%s entry skipped: %s", feed.name, exc, extra={"feed": feed.name})
+            continue
+        try:
             alerts += process_article(article, store, matcher, dump_dir, now)
         except Exception:  # recorded, and the other entries go on
             log.exception("feed=%s entry failed guid=%s link=%s", feed.name, item.entry.guid,
@@ -240,7 +280,7 @@ def article_json(article: Article, story_id: str, path: Path | None) -> dict[str
         "id": article.id, "story": story_id, "title": article.title, "url": article.url,
         "canonical_url": article.canonical_url, "guid": article.guid, "source": article.source,
         "author": article.author, "published": article.published.isoformat(),
-        "feed": article.feed, "file": str(path) if path else None,
+        "feed": redact_url(article.feed), "file": str(path) if path else None,
     }
 
 

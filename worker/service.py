@@ -29,7 +29,6 @@ from worker.deliver import (
     deliver_claim,
     destinations,
     ping_webhook,
-    remember_secrets,
 )
 from worker.errors import ConfigError
 from worker.fetch import Fetcher, parse_networks
@@ -37,6 +36,7 @@ from worker.match import Matcher, compile_watchlists
 from worker.models import FeedEntry, ParsedFeed
 from worker.normalize import PageText
 from worker.pipeline import Fresh, Submit, poll_feed, process_entries
+from worker.redact import remember
 from worker.schedule import CLAIM_LEASE
 from worker.settings import Settings
 from worker.store import DeliveryClaim, Store
@@ -65,7 +65,7 @@ class Service:
     def config(self) -> Config:
         config = self.watcher.current()
         if config is not self._secrets_of:  # scrubbed from logs and error reports from now on
-            remember_secrets(config_secrets(config))
+            remember(config_secrets(config))
             self._secrets_of = config
         return config
 

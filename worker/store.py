@@ -3,7 +3,8 @@ function that connects to it (``connect``: one Redis, a Redis Cluster, or the ma
 sentinels names, after NEWSMON_REDIS_MODE).
 
 Keys (prefix ``newsmon:``):
-    feed:{name}          hash    fetch state of a feed (etag, last outcome, failures, next due)
+    feed:{name}          hash    fetch state of a feed (etag, last outcome, failures, next due,
+                                 body_hash: sha256 of the last body parsed, to skip it if repeated)
     due                  zset    feed name -> next due time; handing out is one script (atomic)
     art:{article id}     hash    story, new (0/1), seq, done (0/1): makes processing idempotent
     id:url|guid|fp:{k}   string  story id for an exact key (TTL: retention window)
