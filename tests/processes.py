@@ -10,9 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
-
-from worker.store import Keys
+from worker.store import Keys, close, connect
 
 KEYS = Keys()
 
@@ -31,12 +29,15 @@ def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
 class Processes:
     """A config folder, the environment of one test, and the processes it started."""
 
-    def __init__(self, tmp_path: Path, redis_url: str):
+    def __init__(self, tmp_path: Path, redis_url: str, **env: str):
+        """``env``: more settings (NEWSMON_REDIS_MODE, CELERY_BROKER_URL...) of every process."""
         self.tmp = tmp_path
         self.config = tmp_path / "config"
         self.config.mkdir()
-        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
-        self.env = {**os.environ, "REDIS_URL": redis_url, "NEWSMON_CONFIG": str(self.config),
+        self.redis = connect(redis_url, env.get("NEWSMON_REDIS_MODE", "standalone"),
+                             env.get("NEWSMON_REDIS_MASTER"))
+        self.env = {**os.environ, **env, "REDIS_URL": redis_url,
+                    "NEWSMON_CONFIG": str(self.config),
                     "NEWSMON_DUMP_DIR": str(tmp_path / "dump"),
                     "NEWSMON_DATA_DIR": str(tmp_path / "data"),
                     "NEWSMON_ALLOW_NETWORKS": "127.0.0.0/8", "NEWSMON_TICK_SECONDS": "1",
@@ -62,8 +63,8 @@ class Processes:
         return self.start(*CELERY, "worker", "-Q", "schedule,fetch,process,deliver",
                           "--loglevel", "INFO", *options)
 
-    def beat(self) -> subprocess.Popen[bytes]:
-        return self.start(*CELERY, "beat", "--schedule", str(self.tmp / "beat-schedule"))
+    def beat(self, schedule: str = "beat-schedule") -> subprocess.Popen[bytes]:
+        return self.start(*CELERY, "beat", "--schedule", str(self.tmp / schedule))
 
     def alert_ids(self) -> list[str]:
         return self.redis.zrange(KEYS.by_time, 0, -1)
@@ -90,4 +91,4 @@ class Processes:
     def stop_all(self) -> None:
         for proc in self.procs:
             self.kill(proc)
-        self.redis.close()
+        close(self.redis)

@@ -18,7 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.deliveries import SECRET
 from tests.feeds import LNG_STORY, RICE_STORY, item, rss
 from tests.processes import Processes, wait_until
+from worker.broker import resolve
 from worker.metrics import ClusterCollector
+from worker.settings import Settings
 from worker.store import Store
 
 pytestmark = pytest.mark.integration
@@ -163,7 +165,8 @@ def test_cluster_gauges_are_derived_from_the_feed_states_in_redis(redis_url):
     store.r.zadd(store.keys.dead, {"w|webhook:desk": now})
     store.mark_beat(now - 5)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in ClusterCollector(store, ("fetch",)).collect()
+               for family in ClusterCollector(store, ("fetch",), resolve(Settings.from_env(
+                   {"REDIS_URL": redis_url}), redis_url)).collect()
                for s in family.samples}
     assert value(samples, "newsmon_feeds", health="healthy") == 3  # "gone" never fetched
     assert value(samples, "newsmon_feeds", health="degraded") == 1

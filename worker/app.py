@@ -1,5 +1,5 @@
-"""The Celery application: Redis broker, one queue per kind of work, at-least-once delivery of
-tasks, and the beat schedule. Run with ``celery -A worker.app worker`` and ``... beat``."""
+"""The Celery application: the broker (worker.broker), one queue per kind of work, at-least-once
+delivery of tasks, and the beat schedule. Run with ``celery -A worker.app worker`` and ``... beat``."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from typing import Any
 from celery import Celery, signals
 
 from worker import embedded
+from worker.broker import QUEUES, resolve
 from worker.errors import ConfigError
 from worker.logs import configure_logging
 from worker.settings import Settings
 
 log = logging.getLogger("newsmon.app")
-QUEUES = ("schedule", "fetch", "process", "deliver")
+__all__ = ["QUEUES", "app", "broker", "settings", "state_url"]
 
 
-def broker_url(settings: Settings) -> str:
+def state_url(settings: Settings) -> str:
     """REDIS_URL, else the embedded Redis that ``newsmon run`` started for this data dir."""
     return (settings.redis_url or embedded.running_url(settings.data_dir)
             or "redis://127.0.0.1:6379/0")
@@ -61,35 +62,31 @@ def _survive_lost_broker_on_close() -> None:
 _survive_lost_broker_on_close()
 try:
     settings = Settings.from_env()
+    broker = resolve(settings, state_url(settings))
 except ConfigError as exc:  # `celery -A worker.app ...` with a bad setting: one line, no traceback
     sys.exit("\n".join(f"newsmon: invalid setting: {p.removeprefix('environment: ')}"
                         for p in exc.problems))
 app = Celery("newsmon", include=["worker.tasks"])
 app.conf.update(
-    broker_url=broker_url(settings),
+    broker_url=broker.url,
     broker_connection_retry_on_startup=True,
     # A task redelivered when its worker is killed must find it done or do it again safely:
     # every task is idempotent, acknowledged only once it has finished.
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
-    # Longer than the longest task (fetch: 30 s feed + full-text pages, under the time limits);
-    # Celery countdowns are never used for long waits (the due zset and outbox hold those).
-    broker_transport_options={
-        "visibility_timeout": settings.visibility_timeout,
-        # Look for tasks of vanished workers every few seconds (kombu's default sweep is
-        # ~100 s apart), so a killed worker's work restarts soon after the visibility timeout.
-        "unacked_restore_interval": max(1, min(10, int(settings.visibility_timeout / 2))),
-        "unacked_restore_throttle": 1,
-        "unacked_mutex_expire": max(2, min(300, int(settings.visibility_timeout / 2))),
-    },
+    # Redis: a visibility timeout longer than the longest task (fetch: 30 s feed + full-text
+    # pages, under the time limits); Celery countdowns are never used for long waits (the due
+    # zset and outbox hold those). RabbitMQ: publisher confirms and quorum queues.
+    broker_transport_options=broker.transport_options,
+    **broker.celery,
     # Redis going away must not kill the worker: with this True, a worker here exited with
     # "Unrecoverable error: AttributeError ... 'hostname'" in 4 of 9 Redis SIGKILLs
     # (celery#9250; the same error also comes from closing the channel, worked around above).
     # A task running across the outage may then run twice, which every task tolerates.
     worker_cancel_long_running_tasks_on_connection_loss=False,
     broker_connection_retry=True,
-    broker_connection_max_retries=None,   # wait for Redis as long as it takes
+    broker_connection_max_retries=None,   # wait for the broker as long as it takes
     task_soft_time_limit=300,
     task_time_limit=360,
     task_ignore_result=True,
@@ -147,4 +144,5 @@ def _worker_ready(**_: object) -> None:
         from worker import metrics
         from worker.store import Store
 
-        metrics.serve(settings.metrics_port, Store.from_url(broker_url(settings)), QUEUES)
+        metrics.serve(settings.metrics_port, Store.from_settings(settings, state_url(settings)),
+                      QUEUES, broker)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import click
@@ -85,6 +85,16 @@ def _redis(settings: Settings) -> Iterator[str]:
             yield server.start()
         finally:
             server.stop()
+
+
+def _broker(settings: Settings, state_url: str) -> Any:
+    """The broker in use: CELERY_BROKER_URL, else the state Redis."""
+    from worker.broker import resolve
+
+    try:
+        return resolve(settings, state_url)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 class _Main(click.Group):
@@ -348,7 +358,7 @@ def run(config: str | None, once: bool, concurrency: int, timeout: float,
         log.warning("newsmon check would refuse this: %s", problem)
     if once and settings.redis_url:  # nothing of the data folder is used: no lock needed
         sys.exit(_run_once(settings, cfg, settings.redis_url, timeout))
-    redis_label = redact_url(settings.redis_url) if settings.redis_url else "embedded"
+    redis_label = _redact(settings.redis_url) if settings.redis_url else "embedded"
     with embedded.own_data_dir(settings.data_dir, "run", redis=redis_label,
                                config=str(settings.config_dir.resolve())) as lock:
         server = None if settings.redis_url else embedded.EmbeddedRedis(settings.data_dir)
@@ -360,7 +370,8 @@ def run(config: str | None, once: bool, concurrency: int, timeout: float,
             else:
                 from worker.store import Store
 
-                Store.from_url(url).r.ping()  # an unreachable REDIS_URL: one line, not retries
+                Store.from_settings(settings, url).r.ping()  # unreachable: one line, not retries
+                _broker(settings, url)  # a broker this deployment can use, before Celery
                 log.info("%s", startup_summary(settings, cfg, url, embedded=server is not None))
                 code = _run_celery(settings, url, concurrency, lock)
         finally:
@@ -376,12 +387,19 @@ def startup_summary(settings: Settings, cfg: Config, url: str, embedded: bool) -
     hooks = ", ".join(f"{name} {_origin(hook.url.get_secret_value())}"
                       for name, hook in cfg.webhooks.items())
     redis_where = (f"embedded Redis {url} (data in {settings.data_dir.resolve()})" if embedded
-                   else f"Redis {redact_url(url)}")
+                   else f"Redis {_redact(url)} ({settings.redis_mode})")
     return (f"newsmon {__version__} starting: {len(cfg.feeds)} feeds, "
             f"{len(cfg.watchlists)} watchlists, {len(cfg.webhooks)} webhooks"
             + (f" ({hooks})" if hooks else "")
             + f"; configuration {settings.config_dir.resolve()}; dumps to "
               f"{settings.dump_dir.resolve()}; state in {redis_where}")
+
+
+def _redact(url: str) -> str:
+    """A state store or broker URL with its passwords hidden (sentinel lists included)."""
+    from worker.broker import redact
+
+    return redact(url)
 
 
 def _origin(url: str) -> str:
@@ -478,13 +496,14 @@ def status(config: str | None, as_json: bool) -> None:
     settings = _settings(config)
     cfg = _view_config(settings)
     with _redis(settings) as url:
-        store = Store.from_url(url)
+        store = Store.from_settings(settings, url)
         due = store.due_times()
         urls = {f.name: f.url for f in cfg.feeds} if cfg else dict.fromkeys(sorted(due), "")
         states = store.feed_states(list(urls))
         totals = store.stats()
         webhooks = _webhook_states(store, cfg) if cfg else []
         parked = store.parked_tasks(time.time())
+        engines = _engines(settings, url)
     feeds = []
     for (name, feed_url), st in zip(urls.items(), states, strict=True):
         feeds.append({
@@ -498,7 +517,8 @@ def status(config: str | None, as_json: bool) -> None:
             "newest_item": _num(st.get("newest")), "usual_gap": _num(st.get("rhythm"))})
     if as_json:
         click.echo(json.dumps({"feeds": feeds, "webhooks": webhooks, "totals": totals,
-                               "parked": [{"id": tid, **rec} for tid, rec in parked.items()]},
+                               "parked": [{"id": tid, **rec} for tid, rec in parked.items()],
+                               **engines},
                               indent=2))
         return
     rows = [("FEED", "URL", "HEALTH", "LAST FETCH", "OUTCOME", "HTTP", "NEW", "FAILS", "NEXT DUE")]
@@ -515,6 +535,30 @@ def status(config: str | None, as_json: bool) -> None:
         click.echo(f"\ntask {rec['task']} {tid} PARKED {_when(rec['at'])}: {rec['reason']} "
                    f"args={rec['args']}")
     click.echo("\n" + "  ".join(f"{k}: {v}" for k, v in totals.items()))
+    state, broker = engines["state_store"], engines["broker"]
+    click.echo(f"state store: {state['url']} ({state['mode']})")
+    waiting = ("queues: " + "  ".join(f"{q} {n}" for q, n in broker["queues"].items())
+               if broker["up"] else f"UNREACHABLE: {broker['error']}")
+    click.echo(f"broker: {broker['url']} ({broker['kind']}) {waiting}")
+
+
+def _engines(settings: Settings, state_url: str) -> dict[str, Any]:
+    """The state store and the broker in use, with the broker's queue depths (or why not)."""
+    from worker import broker as brokers
+    from worker.broker import QUEUES
+
+    state = {"url": brokers.redact(state_url), "mode": settings.redis_mode}
+    try:
+        broker = brokers.resolve(settings, state_url)
+    except ConfigError as exc:
+        return {"state_store": state, "broker": {"url": None, "kind": None, "up": False,
+                                                 "error": str(exc), "queues": {}}}
+    view: dict[str, Any] = {"url": brokers.redact(broker.url), "kind": broker.kind}
+    try:
+        view |= {"up": True, "error": None, "queues": brokers.queue_depths(broker, QUEUES)}
+    except Exception as exc:  # any transport's error: status shows it and goes on
+        view |= {"up": False, "error": brokers.ping(broker) or str(exc), "queues": {}}
+    return {"state_store": state, "broker": view}
 
 
 def _view_config(settings: Settings) -> Config | None:
@@ -599,7 +643,7 @@ def alerts_list(config: str | None, as_json: bool, watchlist: str | None,
     settings = _settings(config)
     since_ts = _parse_since(since)
     with _redis(settings) as url:
-        records = Store.from_url(url).alerts(since=since_ts)
+        records = Store.from_settings(settings, url).alerts(since=since_ts)
     if watchlist:
         records = [a for a in records if a["watchlist"] == watchlist]
     views = [alert_view(a) for a in records]
@@ -648,7 +692,7 @@ def alerts_show(config: str | None, as_json: bool, alert_id: str) -> None:
 
     settings = _settings(config)
     with _redis(settings) as url:
-        store = Store.from_url(url)
+        store = Store.from_settings(settings, url)
         record, gone = store.alert(alert_id), store.alert_gone(alert_id)
     if record is None and gone is not None:
         raise click.ClickException(
@@ -759,7 +803,7 @@ def webhook_list(config: str | None) -> None:
     settings = _settings(config)
     cfg = _load(settings)
     with _redis(settings) as url:
-        store = Store.from_url(url)
+        store = Store.from_settings(settings, url)
         disabled = {name: store.webhook_disabled(webhook_digest(hook))
                     for name, hook in cfg.webhooks.items()}
     rows = [("WEBHOOK", "STATE", "WATCHLISTS", "SECRETS", "RETRY")]
@@ -799,25 +843,39 @@ def bench(quick: bool, only: tuple[str, ...], corpus: str | None, parts: tuple[s
                    "(default: 6 ticks, at least 30 s).")
 @click.option("--component", type=click.Choice(["all", "worker", "beat"]), default="all",
               show_default=True,
-              help="all: Redis, a recent beat tick and any worker; worker: Redis and the worker "
-                   "of this host (celery@HOSTNAME); beat: Redis and a recent beat tick. "
-                   "Liveness probes check their own component.")
+              help="all: Redis, the broker, a recent beat tick and any worker; worker: Redis, "
+                   "the broker and the worker of this host (celery@HOSTNAME); beat: Redis, the "
+                   "broker and a recent beat tick. Liveness probes check their own component.")
 def health(max_beat_age: float | None, component: str) -> None:
-    """Exit 0 when Redis answers, the beat tick is recent and a worker answers a ping;
-    else print a one-line reason and exit 1."""
+    """Exit 0 when the state store and the broker answer, the beat tick is recent and a worker
+    answers a ping; else print a one-line reason and exit 1."""
     import redis
 
+    from worker import broker as brokers
     from worker.store import Store
 
     settings = _settings()
     url = settings.redis_url or embedded.running_url(settings.data_dir)
     if not url:
         _unhealthy("no Redis: REDIS_URL is unset and no embedded Redis runs")
-    store = Store(redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=3,
-                                       socket_timeout=5))
-    if not store.ping():
-        _unhealthy(f"Redis at {redact_url(url)} does not answer")
+    try:
+        store = Store.from_settings(settings, url, socket_connect_timeout=3, socket_timeout=5)
+        answers = store.ping()
+    except (redis.RedisError, redis.exceptions.RedisClusterException, ValueError) as exc:
+        # a cluster client connects when it is made
+        answers, url = False, f"{url} ({exc})"
+    if not answers:
+        _unhealthy(f"Redis at {brokers.redact(url)} does not answer")
     said = ["Redis answers"]
+    try:
+        broker = brokers.resolve(settings, url)
+    except ConfigError as exc:
+        _unhealthy(str(exc))
+    if broker.url != url:  # a broker of its own
+        trouble = brokers.ping(broker)
+        if trouble:
+            _unhealthy(f"broker at {brokers.redact(broker.url)} does not answer: {trouble}")
+        said.append(f"broker ({broker.kind}) answers")
     if component in ("all", "beat"):
         limit = max_beat_age or max(30.0, 6 * settings.tick_seconds)
         beat = store.last_beat()
@@ -838,6 +896,6 @@ def health(max_beat_age: float | None, component: str) -> None:
     click.echo("healthy: " + ", ".join(said))
 
 
-def _unhealthy(reason: str) -> None:
+def _unhealthy(reason: str) -> NoReturn:
     click.echo(f"unhealthy: {reason}")
     sys.exit(1)

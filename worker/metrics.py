@@ -1,7 +1,7 @@
 """Prometheus metrics: what each process did (counters and histograms, shared between Celery's
 prefork children through prometheus-client's multiprocess files) and what the cluster looks
-like now (gauges read from Redis when scraped). Served by the worker on NEWSMON_METRICS_PORT.
-Names and labels are listed in docs/operations.md.
+like now (gauges read from the broker and the state store when scraped). Served by the worker
+on NEWSMON_METRICS_PORT. Names and labels are listed in docs/operations.md.
 
 The multiprocess mode must be chosen before prometheus_client is imported: when metrics are on
 and PROMETHEUS_MULTIPROC_DIR is unset, this module points it at a folder of its own under the
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from worker.settings import default_data_dir
 
 if TYPE_CHECKING:
+    from worker.broker import Broker
     from worker.store import Store
 
 log = logging.getLogger("newsmon.metrics")
@@ -75,32 +76,40 @@ PARKED = Counter("newsmon_tasks_parked_total", "Tasks parked after killing their
 HEALTH_CHANGES = Counter("newsmon_feed_health_changes_total",
                          "Feeds entering a health state", ["state"])
 
-# Celery's Redis transport keeps a list per queue and priority step (kombu: priority_steps).
-_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
-
-
 class ClusterCollector(Collector):
-    """Gauges read from Redis at scrape time: the same figures on every worker, so aggregate
-    them with max(), not sum()."""
+    """Gauges read from the broker and the state store at scrape time: the same figures on
+    every worker, so aggregate them with max(), not sum()."""
 
-    def __init__(self, store: Store, queues: tuple[str, ...]):
+    def __init__(self, store: Store, queues: tuple[str, ...], broker: Broker):
         self.store = store
         self.queues = queues
+        self.broker = broker
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        # each engine on its own: a scrape without some gauges beats a failed scrape
         try:
-            yield from self._collect()
-        except Exception as exc:  # a scrape without these gauges beats a failed scrape
-            log.warning("cluster metrics unavailable: %s", exc)
+            yield from self._broker_gauges()
+        except Exception as exc:
+            log.warning("broker metrics unavailable: %s", exc)
+            yield GaugeMetricFamily("newsmon_broker_up", "The broker answers", value=0)
+        try:
+            yield from self._state_gauges()
+        except Exception as exc:
+            log.warning("state store metrics unavailable: %s", exc)
 
-    def _collect(self) -> Iterator[GaugeMetricFamily]:
-        store = self.store
-        now = time.time()
+    def _broker_gauges(self) -> Iterator[GaugeMetricFamily]:
+        from worker.broker import queue_depths
+
         depth = GaugeMetricFamily("newsmon_queue_depth", "Tasks waiting in a Celery queue",
                                   labels=["queue"])
-        for queue, n in store.queue_depths(self.queues, _PRIORITY_SUFFIXES).items():
+        for queue, n in queue_depths(self.broker, self.queues).items():
             depth.add_metric([queue], n)
+        yield GaugeMetricFamily("newsmon_broker_up", "The broker answers", value=1)
         yield depth
+
+    def _state_gauges(self) -> Iterator[GaugeMetricFamily]:
+        store = self.store
+        now = time.time()
         outbox = store.outbox_counts(now)
         for name, text in (("due", "Deliveries due now (alerts and events)"),
                            ("waiting", "Deliveries waiting for a later retry"),
@@ -130,7 +139,7 @@ class ClusterCollector(Collector):
                                     value=max(0.0, now - beat))
 
 
-def serve(port: int, store: Store, queues: tuple[str, ...]) -> None:
+def serve(port: int, store: Store, queues: tuple[str, ...], broker: Broker) -> None:
     """Serve /metrics on ``port`` from this process: every process's counters plus the
     cluster gauges. A port already taken is logged, not fatal: the work goes on."""
     from prometheus_client import CollectorRegistry, start_http_server
@@ -138,7 +147,7 @@ def serve(port: int, store: Store, queues: tuple[str, ...]) -> None:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    registry.register(ClusterCollector(store, queues))
+    registry.register(ClusterCollector(store, queues, broker))
     try:
         start_http_server(port, registry=registry)
     except OSError as exc:

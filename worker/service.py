@@ -57,8 +57,7 @@ class Service:
 
     @cached_property
     def store(self) -> Store:
-        return Store.from_url(self.redis_url, self.settings.retention_days,
-                              self.settings.alert_retention_days)
+        return Store.from_settings(self.settings, self.redis_url)
 
     @cached_property
     def fetcher(self) -> Fetcher:

@@ -21,6 +21,7 @@ KNOWN_VARIABLES = (
     "NEWSMON_TICK_SECONDS", "NEWSMON_RETENTION_DAYS", "NEWSMON_ALERT_RETENTION_DAYS",
     "NEWSMON_VISIBILITY_TIMEOUT",
     "NEWSMON_METRICS_PORT", "NEWSMON_LOG_FORMAT", "NEWSMON_LOG_LEVEL",
+    "NEWSMON_REDIS_MODE", "NEWSMON_REDIS_MASTER", "NEWSMON_BROKER_QUEUE_TYPE",
 )
 
 
@@ -46,6 +47,9 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
     if not 0 < value < float("inf"):
         raise ConfigError(f"environment: {name}: expected a positive number, got {raw!r}")
     return value
+
+
+REDIS_MODES = ("standalone", "cluster", "sentinel")
 
 
 def _networks(env: dict[str, str]) -> tuple[str, ...]:
@@ -93,7 +97,11 @@ def unknown_variables(env: dict[str, str], referenced: frozenset[str] = frozense
 class Settings:
     """Everything a process reads from its environment, typed, read once."""
 
-    redis_url: str | None            # None: start the embedded Redis under data_dir
+    redis_url: str | None            # the state store; None: the embedded Redis under data_dir
+    redis_mode: str                  # standalone | cluster | sentinel (how redis_url is read)
+    redis_master: str | None         # sentinel mode: the service name the sentinels watch
+    broker_url: str | None           # CELERY_BROKER_URL; None: the state Redis is the broker too
+    broker_queue_type: str           # RabbitMQ queues: quorum | classic
     data_dir: Path
     dump_dir: Path
     config_dir: Path                 # a folder of *.yaml files, or one YAML file
@@ -114,8 +122,21 @@ class Settings:
         if redis_url and "://" not in redis_url:
             raise ConfigError(f"environment: REDIS_URL: expected a URL such as "
                               f"redis://host:port/0, got {redis_url!r}")
+        mode = _choice(env, "NEWSMON_REDIS_MODE", REDIS_MODES, "standalone")
+        master = env.get("NEWSMON_REDIS_MASTER", "").strip() or None
+        if mode != "standalone" and not redis_url:
+            raise ConfigError(f"environment: NEWSMON_REDIS_MODE={mode} needs REDIS_URL "
+                              "(the embedded Redis is standalone)")
+        if mode == "sentinel" and not master:
+            raise ConfigError("environment: NEWSMON_REDIS_MODE=sentinel needs "
+                              "NEWSMON_REDIS_MASTER, the service name the sentinels watch")
         return cls(
             redis_url=redis_url or None,
+            redis_mode=mode,
+            redis_master=master,
+            broker_url=env.get("CELERY_BROKER_URL", "").strip() or None,
+            broker_queue_type=_choice(env, "NEWSMON_BROKER_QUEUE_TYPE", ("quorum", "classic"),
+                                      "quorum"),
             data_dir=Path(env.get("NEWSMON_DATA_DIR") or default_data_dir(env)).expanduser(),
             dump_dir=Path(env.get("NEWSMON_DUMP_DIR") or "dump").expanduser(),
             config_dir=Path(env.get("NEWSMON_CONFIG") or "schedules").expanduser(),

@@ -1,4 +1,6 @@
-"""All of newsmon's state in Redis: every key name, its lifetime, and every Lua script.
+"""All of newsmon's state in Redis: every key name, its lifetime, and every Lua script, and the
+one function that connects to it (``connect``: one Redis, a Redis Cluster, or the master a set of
+sentinels names, after NEWSMON_REDIS_MODE).
 
 Keys start with ``newsmon:`` and carry a Redis Cluster hash tag (``{...}``) naming their slot.
 A script touches only keys of one slot, all named in KEYS; the slots are chosen by what must
@@ -35,14 +37,20 @@ import base64
 import hashlib
 import json
 import math
+import re
 import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import unquote, urlsplit
 
 import redis
+import redis.backoff
+import redis.cluster
+import redis.retry
+import redis.sentinel
 
 from worker.dedupe import (
     BAND_CAP,
@@ -57,12 +65,64 @@ from worker.dedupe import (
     exact_keys,
 )
 
+if TYPE_CHECKING:
+    from worker.settings import Settings
+
 PREFIX = "newsmon:"
 # Failures of the infrastructure, not of the input: the task that met one runs again.
 INFRA_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, MemoryError)
 GONE_KEPT = 2.0              # removed alerts are remembered as "aged out" this many retentions
 FORGET_BATCH = 200           # finished alerts removed per sweep call
 PARKED_KEPT = 30 * 86400.0   # a parked task is listed this long
+SENTINEL_PORT = 26379
+# One try per sentinel: asking the next one is the retry (redis-py's default backs off
+# several times on a sentinel that is down before it moves on).
+SENTINEL_CLIENT = {"retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+                   "socket_connect_timeout": 2.0, "socket_timeout": 2.0}
+_HOST_PORT = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d+))?")
+
+
+def connect(url: str, mode: str = "standalone", master: str | None = None,
+            **options: Any) -> Any:
+    """A client of the state store. standalone: one Redis at ``url``; cluster: ``url`` is any
+    node of a Redis Cluster (the others are discovered); sentinel: ``url`` lists the sentinels
+    (``redis://[:password@]h1:26379,h2:26379/0``) and ``master`` names the service they watch;
+    the password is the master's. ``options`` go to every connection (timeouts)."""
+    options = {"decode_responses": True, "health_check_interval": 30, **options}
+    if mode == "cluster":
+        return redis.cluster.RedisCluster.from_url(url, **options)
+    if mode == "sentinel":
+        return _sentinel_master(url, master or "", options)
+    return redis.Redis.from_url(url, **options)
+
+
+def close(client: Any) -> None:
+    """Close a client of ``connect`` (a sentinel client's connections to the sentinels too)."""
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", []):
+        sentinel.close()
+    client.close()
+
+
+def _sentinel_master(url: str, master: str, options: dict[str, Any]) -> redis.Redis:
+    parts = urlsplit(url)
+    auth, _, hosts = parts.netloc.rpartition("@")
+    user, _, password = auth.partition(":") if auth else ("", "", "")
+    nodes = []
+    for host in filter(None, (h.strip() for h in hosts.split(","))):
+        found = _HOST_PORT.fullmatch(host)
+        if not found:
+            raise ValueError(f"REDIS_URL: {host!r} is not host:port")
+        nodes.append((found["v6"] or found["host"], int(found["port"] or SENTINEL_PORT)))
+    db = int(parts.path.strip("/") or 0)
+    sentinels = redis.sentinel.Sentinel(  # asked for the master's address, again on failover
+        nodes, sentinel_kwargs={**SENTINEL_CLIENT,
+                                **{k: v for k, v in options.items() if k.startswith("socket_")}})
+    if parts.scheme == "rediss":
+        options["ssl"] = True
+    return sentinels.master_for(master, db=db, username=unquote(user) or None,
+                                password=unquote(password) or None, **options)
+
 
 
 class Lifetime(NamedTuple):
@@ -536,9 +596,23 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, retention_days: float = 30.0,
-                 alert_retention_days: float = 30.0) -> Store:
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30),
-                   retention_days, alert_retention_days=alert_retention_days)
+                 alert_retention_days: float = 30.0, mode: str = "standalone",
+                 master: str | None = None, **options: Any) -> Store:
+        return cls(connect(url, mode, master, **options), retention_days,
+                   alert_retention_days=alert_retention_days)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, url: str | None = None, **options: Any) -> Store:
+        """The state store the settings name (``url``: the embedded Redis when REDIS_URL is
+        unset), in their NEWSMON_REDIS_MODE."""
+        url = url or settings.redis_url
+        if not url:
+            raise ValueError("no state store URL")
+        return cls.from_url(url, settings.retention_days, settings.alert_retention_days,
+                            settings.redis_mode, settings.redis_master, **options)
+
+    def close(self) -> None:
+        close(self.r)
 
     def ping(self) -> bool:
         try:
@@ -633,16 +707,6 @@ class Store:
             pipe.hmget(self.keys.feed(name), ["health", "stale", "outcome"])
         return [{"health": h or "healthy", "stale": s == "1", "outcome": o or ""}
                 for h, s, o in pipe.execute()]
-
-    def queue_depths(self, queues: tuple[str, ...], suffixes: tuple[str, ...]) -> dict[str, int]:
-        """Messages waiting in each Celery queue (the broker is this Redis)."""
-        pipe = self.r.pipeline(transaction=False)
-        for queue in queues:
-            for suffix in suffixes:
-                pipe.llen(queue + suffix)
-        lengths = pipe.execute()
-        n = len(suffixes)
-        return {q: sum(lengths[i * n:(i + 1) * n]) for i, q in enumerate(queues)}
 
     def outbox_counts(self, now: float) -> dict[str, int]:
         pipe = self.r.pipeline(transaction=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from functools import cache, partial
@@ -11,7 +12,7 @@ from typing import Any
 from celery import Task
 
 from worker import metrics
-from worker.app import app, broker_url, settings
+from worker.app import app, broker, settings, state_url
 from worker.config import FeedConfig
 from worker.models import ParsedFeed
 from worker.pipeline import Fresh
@@ -27,7 +28,7 @@ log = logging.getLogger("newsmon.tasks")
 
 @cache
 def service() -> Service:
-    return Service(settings, broker_url(settings))
+    return Service(settings, state_url(settings))
 
 
 class NewsmonTask(Task):
@@ -132,4 +133,7 @@ def deliver(member: str, token: str, watchlist: str) -> None:
     tag(alert=member.partition("|")[0], watchlist=watchlist)
     result = service().deliver(DeliveryClaim(member, token, watchlist))
     if result.outcome == "busy":  # its destination's slots are taken by slow attempts
-        deliver.apply_async((member, token, watchlist), countdown=result.wait)
+        # RabbitMQ's native delayed delivery (quorum queues) counts whole seconds, and Celery
+        # refuses a countdown there that rounds down to 0
+        wait = math.ceil(result.wait) if broker.kind == "amqp" else result.wait
+        deliver.apply_async((member, token, watchlist), countdown=wait)
