@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker import metrics
 from worker.config import FeedConfig
@@ -31,7 +31,11 @@ from worker.normalize import (
 )
 from worker.parse import parse_feed
 from worker.schedule import next_due_after_failure, next_due_after_success
+from worker.shaping import salience, text_revision
 from worker.store import Store
+
+if TYPE_CHECKING:
+    from worker.shaper import Shaper
 
 log = logging.getLogger("newsmon.pipeline")
 FULL_TEXT_BUDGET = 120.0  # seconds of article-page fetching per feed poll
@@ -43,13 +47,14 @@ class Fresh:
 
     entry: FeedEntry
     page: PageText | None
+    revision: bool = False      # processed before; its text changed since (a correction)
 
 
 Submit = Callable[[FeedConfig, ParsedFeed, list[Fresh]], None]
 
 
 def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
-              submit: Submit) -> dict[str, Any]:
+              submit: Submit, *, corrections: bool = False) -> dict[str, Any]:
     """Fetch one feed and hand its new entries to ``submit``; record the outcome on the feed.
 
     Entries are submitted before the feed's ETag is saved, so a crash in between means a
@@ -78,7 +83,7 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
                     extra=ids)
         return record_poll(feed, store, state, outcome, now,
                            next_due_after_failure(now, feed.every, failures + 1, retry_after))
-    fresh = new_entries(feed, parsed, store, fetcher)
+    fresh = new_entries(feed, parsed, store, fetcher, corrections=corrections)
     if fresh:
         submit(feed, parsed, fresh)
     outcome.update(outcome="ok", error="", failures=0, new_items=len(fresh), last_ok=now,
@@ -156,20 +161,29 @@ def entry_article_id(feed: FeedConfig, entry: FeedEntry) -> str:
 
 
 def new_entries(feed: FeedConfig, parsed: ParsedFeed, store: Store,
-                fetcher: Fetcher) -> list[Fresh]:
-    """The entries not processed to the end yet, with full text fetched where the feed asks.
+                fetcher: Fetcher, *, corrections: bool = False) -> list[Fresh]:
+    """The entries not processed to the end yet, with full text fetched where the feed asks;
+    with ``corrections``, also the processed ones whose text changed since (alert shaping
+    tracks the articles of stories that fired a watchlist with ``updates``).
 
     Article pages are fetched one after another until FULL_TEXT_BUDGET seconds are spent; the
     rest keep the feed's own content, so one poll stays well inside the task time limits."""
     ids = [entry_article_id(feed, e) for e in parsed.entries]
     done = store.done_articles(ids)
+    tracked = store.shaping.revisions([a for a in ids if a in done]) if corrections else {}
     deadline = time.monotonic() + FULL_TEXT_BUDGET
     fresh = []
     for entry, aid in zip(parsed.entries, ids, strict=True):
-        if aid not in done:
+        revised = aid in tracked and tracked[aid] != entry_revision(entry)
+        if aid not in done or revised:
             page = full_text(feed, entry, fetcher) if time.monotonic() < deadline else None
-            fresh.append(Fresh(entry, page))
+            fresh.append(Fresh(entry, page, revision=revised))
     return fresh
+
+
+def entry_revision(entry: FeedEntry) -> str:
+    """The text of an entry as its feed gives it, as a short digest (corrections change it)."""
+    return text_revision(entry.title, entry.content_html)
 
 
 def full_text(feed: FeedConfig, entry: FeedEntry, fetcher: Fetcher) -> PageText | None:
@@ -186,16 +200,23 @@ def full_text(feed: FeedConfig, entry: FeedEntry, fetcher: Fetcher) -> PageText 
 
 
 def process_entries(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh], store: Store,
-                    matcher: Matcher, dump_dir: Path, now: float) -> list[str]:
-    """Normalize, dedupe, dump, match and alert each entry; one bad entry never stops the rest.
-    Safe to run twice: every step is keyed by the article id."""
+                    matcher: Matcher, dump_dir: Path, now: float,
+                    shaper: Shaper | None = None) -> list[str]:
+    """Normalize, dedupe, dump, match and alert each entry (through ``shaper``'s watchlist
+    rules when given); one bad entry never stops the rest. Safe to run twice: every step is
+    keyed by the article id. Returns the ids of the alerts and events to send now."""
     alerts: list[str] = []
     first_seen = datetime.fromtimestamp(now, UTC)
     for item in items:
         try:
             article = normalize_entry(item.entry, parsed, feed_url=feed.url, first_seen=first_seen,
                                       feed_name=feed.name, timezone=feed.timezone, page=item.page)
-            alerts += process_article(article, store, matcher, dump_dir, now)
+            if item.revision and shaper is not None:
+                alerts += shaper.revise(article, entry_revision(item.entry),
+                                        render_dump(dump_of(article)), dump_dir, now)
+            else:
+                alerts += process_article(article, store, matcher, dump_dir, now, shaper,
+                                          entry_revision(item.entry))
         except Exception:  # recorded, and the other entries go on
             log.exception("feed=%s entry failed guid=%s link=%s", feed.name, item.entry.guid,
                           item.entry.link, extra={"feed": feed.name})
@@ -203,7 +224,7 @@ def process_entries(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh], st
 
 
 def process_article(article: Article, store: Store, matcher: Matcher, dump_dir: Path,
-                    now: float) -> list[str]:
+                    now: float, shaper: Shaper | None = None, rev: str | None = None) -> list[str]:
     claim = store.claim_story(article.id, story_keys(article), now)
     if claim.fresh:
         metrics.ARTICLES.inc()
@@ -212,9 +233,13 @@ def process_article(article: Article, store: Store, matcher: Matcher, dump_dir: 
     path = write_story_dump(store, dump_dir, article, text) if claim.is_new else None
     if claim.is_new:
         store.add_article(article_json(article, claim.story_id, path))
+    if shaper is not None:
+        created = shaper.fire(article, claim, match_article(matcher, article), text, now, rev)
+        store.mark_done(article.id)
+        return created
     created = []
     for hit in match_article(matcher, article):
-        record = alert_json(hit, article, claim.story_id, text, now)
+        record = alert_json(hit, article, claim.story_id, text, now, salience(hit.matches, article))
         alert_id, is_new = store.claim_alert(claim.story_id, hit.watchlist, record["id"], record, now)
         if is_new:
             metrics.ALERTS.labels(hit.watchlist).inc()
@@ -245,10 +270,11 @@ def article_json(article: Article, story_id: str, path: Path | None) -> dict[str
 
 
 def alert_json(hit: WatchlistHit, article: Article, story_id: str, dump_text: str,
-               now: float) -> dict[str, Any]:
+               now: float, salience: float | None = None) -> dict[str, Any]:
     return {
         "id": "alert_" + uuid.uuid4().hex,
         "watchlist": hit.watchlist,
+        "salience": salience,
         "entities": list(hit.entities),
         "matches": [{"entity": m.entity, "term": m.term, "field": m.field, "start": m.start,
                      "end": m.end, "snippet": m.snippet} for m in hit.matches],

@@ -144,17 +144,18 @@ return seq
 """
 
 # An alert for (story, watchlist), created at most once, with its stream entry and outbox slot.
-# ARGV: prefix, story, watchlist, new alert id, alert JSON, created, ttl
+# ARGV: prefix, story, watchlist, new alert id, alert JSON, created, ttl, stream length,
+#       state ("pending": into the outbox; "shaping": alert shaping routes it, see below)
 _CLAIM_ALERT = """
 local p = ARGV[1]
 local fired = p .. 'fired:' .. ARGV[2] .. ':' .. ARGV[3]
 local known = redis.call('GET', fired)
 if known then return {known, 0} end
 redis.call('SET', fired, ARGV[4], 'EX', tonumber(ARGV[7]))
-redis.call('HSET', p .. 'alert:' .. ARGV[4], 'data', ARGV[5], 'state', 'pending',
+redis.call('HSET', p .. 'alert:' .. ARGV[4], 'data', ARGV[5], 'state', ARGV[9],
            'created', ARGV[6], 'watchlist', ARGV[3], 'attempts', 0)
 redis.call('ZADD', p .. 'alerts:by-time', ARGV[6], ARGV[4])
-redis.call('ZADD', p .. 'outbox', ARGV[6], ARGV[4])
+if ARGV[9] == 'pending' then redis.call('ZADD', p .. 'outbox', ARGV[6], ARGV[4]) end
 redis.call('XADD', p .. 'alerts', 'MAXLEN', '~', ARGV[8], '*', 'alert', ARGV[5])
 redis.call('HINCRBY', p .. 'stats', 'alerts', 1)
 return {ARGV[4], 1}
@@ -320,11 +321,12 @@ class Store:
 
     # -- alerts --------------------------------------------------------------------------------
     def claim_alert(self, story_id: str, watchlist: str, alert_id: str, alert_json: dict[str, Any],
-                    created: float) -> tuple[str, bool]:
-        """Record an alert unless this watchlist already fired for this story."""
+                    created: float, *, shaped: bool = False) -> tuple[str, bool]:
+        """Record an alert unless this watchlist already fired for this story. ``shaped``: it
+        waits in state "shaping" for ``ShapingStore.shape_alert`` instead of the outbox."""
         aid, created_now = self._claim_alert(args=[
             self.p, story_id, watchlist, alert_id, json.dumps(alert_json), created, self.ttl,
-            STREAM_MAXLEN])
+            STREAM_MAXLEN, "shaping" if shaped else "pending"])
         return aid, bool(created_now)
 
     def alerts(self, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
@@ -361,6 +363,11 @@ class Store:
 
     def now(self) -> float:
         return time.time()
+
+    @cached_property
+    def shaping(self) -> ShapingStore:
+        """Digest windows, throttles, story copies and update markers (issue 15's block)."""
+        return ShapingStore(self)
 
     # -- delivery ------------------------------------------------------------------------------
     # The outbox and per-destination state of alerts; the scripts are at the end of the module.
@@ -663,3 +670,377 @@ class DeliveryStart:
     alert: dict[str, Any] | None = None
     watchlist: str = ""
     copies: int = 1
+
+
+# == alert shaping (issue 15) ===================================================================
+# Digest windows, throttle slots, held-back alerts and update markers per watchlist (keys
+# tagged {watchlist}), and the copies of a story per outlet with its breaking candidates (keys
+# tagged {story}), so every script below touches one Redis Cluster slot. Lifetimes:
+#   shape:{wl}:window    hash    start/end of the open digest window, held_since (TTL: retention,
+#                                refreshed by every beat tick while the watchlist is configured)
+#   shape:{wl}:items     hash    alert id -> alert JSON of the open window (same TTL)
+#   shape:{wl}:sealed    hash    "d|start|end" (digest) / "h|start|end" (throttle) -> JSON array
+#                                of alerts; a field lives until its digest.created is queued
+#   shape:{wl}:held      hash    alert id -> alert JSON held back by the throttle (same TTL)
+#   shape:{wl}:sent      zset    alert ids sent through the throttle -> when (trimmed to `per`)
+#   shape:{wl}:recent    zset    alert ids already routed -> when (trimmed to the retention)
+#   shape:{wl}:upd       zset    story -> when its last alert.updated left (trimmed to the gap)
+#   shape:{wl}:upd:held  hash    story -> JSON array of updates held back by the gap
+#   shape:{wl}:upd:due   zset    story -> when its held updates may leave (emptied as sent)
+#   shape:{wl}:upd:seen  zset    "send:"/"held:" update id -> when (trimmed to the retention)
+#   copies:{story}       hash    feed URL -> first copy from that feed (TTL: retention, refreshed
+#                                by each copy)
+#   breaking:{story}     hash    watchlist -> the alert it fires once the bar is reached (same)
+#   rev:{article}        hash    rev, title, body digests of an article whose story fired a
+#                                watchlist with updates; seq:{rev} of its corrections' dumps
+#                                (TTL: retention, refreshed by each correction)
+SHAPE_LIFETIMES = {
+    "shape:{wl}:window": "TTL retention, refreshed by each beat tick (bounded by the config)",
+    "shape:{wl}:items": "TTL retention, refreshed by each beat tick; emptied when sealed",
+    "shape:{wl}:sealed": "a field lives until its digest.created is in the outbox",
+    "shape:{wl}:held": "TTL retention, refreshed by each beat tick; emptied when flushed",
+    "shape:{wl}:sent": "trimmed to the throttle period; TTL retention",
+    "shape:{wl}:recent": "trimmed to the retention window",
+    "shape:{wl}:upd": "trimmed to the update gap; TTL retention",
+    "shape:{wl}:upd:held": "a field lives until its update leaves; TTL retention",
+    "shape:{wl}:upd:due": "a member lives until its update leaves; TTL retention",
+    "shape:{wl}:upd:seen": "trimmed to the retention window",
+    "copies:{story}": "TTL retention, refreshed by each copy of the story",
+    "breaking:{story}": "TTL retention, refreshed by each copy of the story",
+    "rev:{article}": "TTL retention, refreshed by each correction",
+}
+
+# Shared: seal the open digest window when it has ended (or ``force``: now), then make sure a
+# window is open. Sealing moves its alerts into one "d|start|end" field of ``sealed``.
+_WINDOW_LIB = """
+local function roll(window, items, sealed, now, now_s, ws, we, force, ttl)
+  local s = redis.call('HGET', window, 'start')
+  local e_s = redis.call('HGET', window, 'end')
+  local e = tonumber(e_s or '0')
+  if s and (e <= now or force) then
+    local stop = e_s
+    if e > now then stop = now_s end
+    if redis.call('HLEN', items) > 0 then
+      redis.call('HSET', sealed, 'd|' .. s .. '|' .. stop,
+                 '[' .. table.concat(redis.call('HVALS', items), ',') .. ']')
+      redis.call('DEL', items)
+    end
+    if e > now then redis.call('HSET', window, 'start', now_s)
+    else redis.call('HSET', window, 'start', ws, 'end', we) end
+  elseif not s then
+    redis.call('HSET', window, 'start', ws, 'end', we)
+  end
+  redis.call('EXPIRE', window, ttl)
+  if redis.call('HLEN', sealed) > 0 then redis.call('EXPIRE', sealed, ttl) end
+end
+"""
+
+# Route one alert of a shaped watchlist, once per alert id: "send" (a throttle slot is taken),
+# "held" (the throttle is full and there is no digest) or "digest" (into the open window).
+# KEYS: window, items, sealed, recent, sent, held
+# ARGV: alert id, alert JSON, now, mode (throttle|digest|both), limit, throttle cutoff,
+#       window start, window end, recent cutoff, ttl
+_SHAPE_ALERT = _WINDOW_LIB + """
+local now, ttl = tonumber(ARGV[3]), tonumber(ARGV[10])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[9])
+if redis.call('ZSCORE', KEYS[4], ARGV[1]) then
+  if redis.call('ZSCORE', KEYS[5], ARGV[1]) then return 'send' end
+  return 'kept'
+end
+redis.call('ZADD', KEYS[4], now, ARGV[1])
+redis.call('EXPIRE', KEYS[4], ttl)
+local mode = ARGV[4]
+if mode ~= 'digest' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[6])
+  if redis.call('ZCARD', KEYS[5]) < tonumber(ARGV[5]) and redis.call('HLEN', KEYS[6]) == 0 then
+    redis.call('ZADD', KEYS[5], now, ARGV[1])
+    redis.call('EXPIRE', KEYS[5], ttl)
+    return 'send'
+  end
+  if mode == 'throttle' then
+    redis.call('HSET', KEYS[6], ARGV[1], ARGV[2])
+    redis.call('HSETNX', KEYS[1], 'held_since', ARGV[3])
+    redis.call('EXPIRE', KEYS[6], ttl)
+    redis.call('EXPIRE', KEYS[1], ttl)
+    return 'held'
+  end
+end
+roll(KEYS[1], KEYS[2], KEYS[3], now, ARGV[3], ARGV[7], ARGV[8], false, ttl)
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ttl)
+return 'digest'
+"""
+
+# Seal the open digest window if it has ended (force=1: whatever its end), keep one open.
+# KEYS: window, items, sealed. ARGV: now, window start, window end, force (0|1), ttl
+_SEAL_WINDOW = _WINDOW_LIB + """
+roll(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1',
+     tonumber(ARGV[5]))
+if redis.call('HLEN', KEYS[2]) > 0 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5])) end
+return redis.call('HLEN', KEYS[3])
+"""
+
+# Seal the alerts the throttle held back into one "h|since|now" field, once the throttle has
+# room again; the digest takes one throttle slot. KEYS: window, sent, held, sealed
+# ARGV: now, limit, throttle cutoff, ttl. Returns 1 if it sealed them.
+_FLUSH_HELD = """
+if redis.call('HLEN', KEYS[3]) == 0 then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 0 end
+local since = redis.call('HGET', KEYS[1], 'held_since') or ARGV[1]
+local member = 'h|' .. since .. '|' .. ARGV[1]
+redis.call('HSET', KEYS[4], member, '[' .. table.concat(redis.call('HVALS', KEYS[3]), ',') .. ']')
+redis.call('DEL', KEYS[3])
+redis.call('HDEL', KEYS[1], 'held_since')
+redis.call('ZADD', KEYS[2], ARGV[1], member)
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[4]))
+return 1
+"""
+
+# An alert.updated for (story, watchlist), once per update id: "send" when none left in the
+# last gap (with the updates held so far, to merge), else "held" until the gap has passed.
+# KEYS: upd, upd:held, upd:due, upd:seen
+# ARGV: story, update id, update JSON, now, gap, seen cutoff, ttl
+_CLAIM_UPDATE = """
+local story, uid, now, gap, ttl = ARGV[1], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5]),
+                                  tonumber(ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[6])
+if redis.call('ZSCORE', KEYS[4], 'send:' .. uid) then
+  return {'send', redis.call('HGET', KEYS[2], story) or ''}
+end
+if redis.call('ZSCORE', KEYS[4], 'held:' .. uid) then return {'held', ''} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - gap)
+local last = redis.call('ZSCORE', KEYS[1], story)
+for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, ttl) end
+if not last then
+  redis.call('ZADD', KEYS[1], now, story)
+  redis.call('ZADD', KEYS[4], now, 'send:' .. uid)
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[4], ttl)
+  return {'send', redis.call('HGET', KEYS[2], story) or ''}
+end
+local held = redis.call('HGET', KEYS[2], story)
+if held then held = string.sub(held, 1, -2) .. ',' .. ARGV[3] .. ']'
+else held = '[' .. ARGV[3] .. ']' end
+redis.call('HSET', KEYS[2], story, held)
+redis.call('ZADD', KEYS[3], tonumber(last) + gap, story)
+redis.call('ZADD', KEYS[4], now, 'held:' .. uid)
+for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, ttl) end
+return {'held', ''}
+"""
+
+# Take a story's held updates for sending when its gap has passed: its slot is marked used
+# now (a concurrent update is held), the updates stay until committed. KEYS: upd, upd:held,
+# upd:due. ARGV: story, now, gap. Returns the held JSON array, or "" (not due or none held).
+_TAKE_UPDATES = """
+local story, now, gap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local held = redis.call('HGET', KEYS[2], story)
+if not held then
+  redis.call('ZREM', KEYS[3], story)
+  return ''
+end
+local last = redis.call('ZSCORE', KEYS[1], story)
+if last and now - tonumber(last) < gap then
+  redis.call('ZADD', KEYS[3], tonumber(last) + gap, story)
+  return ''
+end
+redis.call('ZADD', KEYS[1], now, story)
+return held
+"""
+
+# Forget the held updates that went out (the JSON array read before sending): those appended
+# since stay held. KEYS: upd:held, upd:due. ARGV: story, the array as read.
+_COMMIT_UPDATES = """
+local story, sent = ARGV[1], ARGV[2]
+if sent == '' then return 0 end
+local held = redis.call('HGET', KEYS[1], story)
+if not held then return 0 end
+if held == sent then
+  redis.call('HDEL', KEYS[1], story)
+  redis.call('ZREM', KEYS[2], story)
+elseif string.sub(held, 1, #sent - 1) == string.sub(sent, 1, -2) then
+  redis.call('HSET', KEYS[1], story, '[' .. string.sub(held, #sent + 1))
+end
+return 1
+"""
+
+# Record a story's copy from one feed (the first from each feed counts) and the alerts its
+# watchlists with a breaking bar would fire; return every copy and candidate.
+# KEYS: copies, breaking. ARGV: feed, copy JSON, ttl, watchlist, candidate JSON, ...
+_RECORD_COPY = """
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+for i = 4, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3])) end
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+"""
+
+# An event made by shaping (digest.created, alert.updated) into the outbox, once per id.
+# KEYS: alert:{id}, outbox, alerts:by-time. ARGV: id, record JSON, created, watchlist
+_ADD_SHAPED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'data', ARGV[2], 'state', 'pending', 'created', ARGV[3],
+           'watchlist', ARGV[4], 'attempts', 0)
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+return 1
+"""
+
+# Where a routed alert goes: "send" queues it in the outbox, anything else marks it as
+# leaving in a digest. Only an alert still being shaped changes. KEYS: alert:{id}, outbox
+# ARGV: id, verdict, now
+_SET_ROUTE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'shaping' then return 0 end
+if ARGV[2] == 'send' then
+  redis.call('HSET', KEYS[1], 'state', 'pending')
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], 'state', 'digest')
+end
+return 1
+"""
+
+
+def _tag(name: str) -> str:
+    """A watchlist name as a hash tag: as it is, unless braces would break the tag."""
+    if name and "{" not in name and "}" not in name:
+        return name
+    return "h" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+class ShapingStore:
+    """The state of alert shaping (see the table above); ``Store.shaping`` gives it."""
+
+    def __init__(self, store: Store):
+        self.r, self.p, self.ttl = store.r, store.p, store.ttl
+        self._scripts = {name: self.r.register_script(text) for name, text in (
+            ("shape", _SHAPE_ALERT), ("seal", _SEAL_WINDOW), ("flush", _FLUSH_HELD),
+            ("update", _CLAIM_UPDATE), ("take", _TAKE_UPDATES), ("commit", _COMMIT_UPDATES),
+            ("copy", _RECORD_COPY), ("add", _ADD_SHAPED), ("route", _SET_ROUTE))}
+
+    def _wl(self, watchlist: str, *suffixes: str) -> list[str]:
+        return [f"{self.p}shape:{{{_tag(watchlist)}}}:{s}" for s in suffixes]
+
+    # -- routing alerts ------------------------------------------------------------------------
+    def shape_alert(self, watchlist: str, alert_id: str, alert_json: dict[str, Any], now: float,
+                    mode: str, limit: int, cutoff: float, window: tuple[float, float]) -> str:
+        """Route an alert of a watchlist with a digest and/or throttle: send | held | digest
+        (kept: routed before, not sent)."""
+        return str(self._scripts["shape"](
+            keys=self._wl(watchlist, "window", "items", "sealed", "recent", "sent", "held"),
+            args=[alert_id, json.dumps(alert_json), repr(now), mode, limit, repr(cutoff),
+                  repr(window[0]), repr(window[1]), repr(now - self.ttl), self.ttl]))
+
+    def set_route(self, alert_id: str, verdict: str, now: float) -> None:
+        self._scripts["route"](keys=[f"{self.p}alert:{alert_id}", self.p + "outbox"],
+                               args=[alert_id, verdict, repr(now)])
+
+    # -- digests -------------------------------------------------------------------------------
+    def seal_window(self, watchlist: str, now: float, window: tuple[float, float],
+                    force: bool = False) -> int:
+        """Seal the watchlist's digest window if it has ended (``force``: now); returns how
+        many sealed digests wait to be queued."""
+        return int(self._scripts["seal"](
+            keys=self._wl(watchlist, "window", "items", "sealed"),
+            args=[repr(now), repr(window[0]), repr(window[1]), int(force), self.ttl]))
+
+    def flush_held(self, watchlist: str, now: float, limit: int, cutoff: float) -> bool:
+        """Seal what the throttle held back, if it has room again."""
+        return bool(self._scripts["flush"](
+            keys=self._wl(watchlist, "window", "sent", "held", "sealed"),
+            args=[repr(now), limit, repr(cutoff), self.ttl]))
+
+    def sealed(self, watchlist: str) -> list[tuple[str, float, float, list[dict[str, Any]]]]:
+        """The sealed digests waiting to be queued: (field, start, end, alerts)."""
+        out = []
+        for field, items in self.r.hgetall(self._wl(watchlist, "sealed")[0]).items():
+            _, start, end = field.split("|")
+            out.append((field, float(start), float(end), json.loads(items)))
+        return sorted(out, key=lambda s: s[1])
+
+    def drop_sealed(self, watchlist: str, field: str) -> None:
+        self.r.hdel(self._wl(watchlist, "sealed")[0], field)
+
+    def pending_counts(self, watchlist: str) -> dict[str, int]:
+        """Alerts waiting in the open window, held back by the throttle, and sealed digests."""
+        pipe = self.r.pipeline()
+        for key in self._wl(watchlist, "items", "held", "sealed"):
+            pipe.hlen(key)
+        items, held, sealed = pipe.execute()
+        return {"window": items, "held": held, "sealed": sealed}
+
+    def add_event(self, record: dict[str, Any], now: float) -> bool:
+        """Queue a digest.created or alert.updated (False: queued before, by its id)."""
+        aid = record["id"]
+        return bool(self._scripts["add"](
+            keys=[f"{self.p}alert:{aid}", self.p + "outbox", self.p + "alerts:by-time"],
+            args=[aid, json.dumps(record, ensure_ascii=False), repr(now), record["watchlist"]]))
+
+    # -- stories: copies, breaking candidates, updates -----------------------------------------
+    def record_copy(self, story: str, feed: str, copy: dict[str, Any],
+                    candidates: dict[str, dict[str, Any]]
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """Record a copy (the first from each feed counts) and breaking candidates; returns
+        every copy by feed and every candidate by watchlist."""
+        args: list[Any] = [feed, json.dumps(copy), self.ttl]
+        for watchlist, alert in candidates.items():
+            args += [watchlist, json.dumps(alert)]
+        copies, cands = self._scripts["copy"](
+            keys=[f"{self.p}copies:{{{story}}}", f"{self.p}breaking:{{{story}}}"], args=args)
+        return ({copies[i]: json.loads(copies[i + 1]) for i in range(0, len(copies), 2)},
+                {cands[i]: json.loads(cands[i + 1]) for i in range(0, len(cands), 2)})
+
+    def fired_alert(self, story: str, watchlist: str) -> str | None:
+        """The alert a watchlist fired for a story, if it did."""
+        return self.r.get(f"{self.p}fired:{story}:{watchlist}")
+
+    def claim_update(self, watchlist: str, story: str, update: dict[str, Any], now: float,
+                     gap: float) -> tuple[str, str]:
+        """send (with the JSON array of updates held so far, "" for none: merge them in, then
+        ``commit_updates`` that array) or held."""
+        verdict, held = self._scripts["update"](
+            keys=self._wl(watchlist, "upd", "upd:held", "upd:due", "upd:seen"),
+            args=[story, update["id"], json.dumps(update, ensure_ascii=False), repr(now), gap,
+                  repr(now - self.ttl), self.ttl])
+        return str(verdict), str(held)
+
+    def due_updates(self, watchlist: str, now: float) -> list[str]:
+        return self.r.zrangebyscore(self._wl(watchlist, "upd:due")[0], "-inf", now)
+
+    def take_updates(self, watchlist: str, story: str, now: float, gap: float) -> str:
+        return str(self._scripts["take"](keys=self._wl(watchlist, "upd", "upd:held", "upd:due"),
+                                         args=[story, repr(now), gap]))
+
+    def commit_updates(self, watchlist: str, story: str, sent: str) -> None:
+        self._scripts["commit"](keys=self._wl(watchlist, "upd:held", "upd:due"),
+                                args=[story, sent])
+
+    # -- corrections ---------------------------------------------------------------------------
+    def revisions(self, article_ids: list[str]) -> dict[str, str]:
+        """The text revision recorded for each of these articles (only tracked ones)."""
+        pipe = self.r.pipeline()
+        for aid in article_ids:
+            pipe.hget(f"{self.p}rev:{{{aid}}}", "rev")
+        return {a: rev for a, rev in zip(article_ids, pipe.execute(), strict=True) if rev}
+
+    def revision(self, article_id: str) -> dict[str, str]:
+        return self.r.hgetall(f"{self.p}rev:{{{article_id}}}")
+
+    def track_revision(self, article_id: str, fields: dict[str, str], *, only_new: bool) -> None:
+        """Remember an article's text (``only_new``: unless it is tracked already)."""
+        key = f"{self.p}rev:{{{article_id}}}"
+        if only_new and self.r.exists(key):
+            return
+        pipe = self.r.pipeline()
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def revision_seq(self, article_id: str, rev: str, seq: int) -> int:
+        """The dump sequence number of a correction: the first one recorded wins."""
+        key = f"{self.p}rev:{{{article_id}}}"
+        pipe = self.r.pipeline()
+        pipe.hsetnx(key, f"seq:{rev}", seq)
+        pipe.hget(key, f"seq:{rev}")
+        return int(pipe.execute()[1])
