@@ -38,8 +38,8 @@ from worker.models import FeedEntry, ParsedFeed
 from worker.normalize import PageText
 from worker.pipeline import Fresh, Submit, poll_feed, process_entries
 from worker.schedule import CLAIM_LEASE
-from worker.shaper import Shaper
 from worker.settings import Settings
+from worker.shaper import Shaper
 from worker.store import DeliveryClaim, Store
 
 log = logging.getLogger("newsmon.service")

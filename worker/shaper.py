@@ -34,7 +34,7 @@ from worker.shaping import (
     salience,
     text_changes,
 )
-from worker.store import StoryClaim, Store
+from worker.store import Store, StoryClaim
 
 log = logging.getLogger("newsmon.shaper")
 
