@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -295,3 +296,18 @@ def test_a_digest_whose_assembler_is_killed_still_goes_out_once(tmp_path, redis_
     [digest] = events(http_server)
     assert titles(digest["data"]["alerts"]) == ["LNG story 1", "LNG story 2", "LNG story 3"]
     assert svc.store.shaping.pending_counts("desk") == {"window": 0, "held": 0, "sealed": 0}
+
+
+def test_closing_digests_concurrently_queues_each_digest_once(tmp_path, redis_url, http_server):
+    http_server.routes["/hook"] = (204, {}, b"")
+    serve(http_server, "/a", [entry(n) for n in (1, 2)])
+    write_config(tmp_path / "config", http_server, [{"name": "desk", "digest": "1h"}])
+    svc = service(tmp_path, redis_url)
+    svc.poll(svc.config().feeds[0], lambda f, parsed, items: svc.process(f, parsed, items))
+    now = time.time()
+    with ThreadPoolExecutor(8) as pool:
+        queued = list(pool.map(lambda _: service(tmp_path, redis_url).close_shaping(now, True),
+                               range(8)))
+    digests = [r for r in svc.store.alerts() if r.get("type") == "digest.created"]
+    assert len(digests) == 1 and len(digests[0]["data"]["alerts"]) == 2
+    assert {i for ids in queued for i in ids} == {digests[0]["id"]}

@@ -406,10 +406,7 @@ def _delivery_state(view: dict[str, Any]) -> str:
 def alert_view(record: dict[str, Any]) -> dict[str, Any]:
     """An alert (alert.created, story.breaking) or a shaping event (digest.created,
     alert.updated) as ``alerts list`` and ``alerts show`` print it."""
-    if "type" in record:
-        view = _event_view(record)
-    else:
-        view = _alert_fields(record)
+    view = _event_view(record) if "type" in record else _alert_fields(record)
     if record.get("next_attempt"):
         view["next_attempt"] = datetime.fromtimestamp(record["next_attempt"], UTC).isoformat()
     view["deliveries"] = {dest: {**d, "next_attempt": _iso(d["next_attempt"])}
