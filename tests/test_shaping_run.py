@@ -203,6 +203,7 @@ def test_a_corrected_text_sends_an_update_and_writes_a_new_dump_only_when_it_cha
     [_, updated] = events(http_server)
     data = updated["data"]
     assert data["reason"] == "correction" and data["changed"] == ["text"]
+    assert data["outlets"] == 1
     assert data["alert"] == created["data"]["id"]
     assert "Officials denied" in data["article"]["dump"]
     files = dumps_of(tmp_path)

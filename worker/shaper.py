@@ -181,8 +181,7 @@ class Shaper:
             self.shaping.track_revision(article.id, {"rev": rev}, only_new=False)
             return []
         path = self._write_revision(article, rev, dump_text, dump_dir)
-        copies = self.store.story(story).get("copies") or "1"
-        out = self._updates(article, story, dump_text, int(copies), now,
+        out = self._updates(article, story, dump_text, self.shaping.outlets(story) or 1, now,
                             {"reason": "correction", "changed": changed, "file": str(path)},
                             ("text", article.id, rev))
         self.shaping.track_revision(article.id, {

@@ -24,6 +24,8 @@ Keys (prefix ``newsmon:``):
     stats                hash    articles, stories, duplicates, alerts
     articles             stream  one JSON entry per new story's article (bounded)
     alerts               stream  one JSON entry per alert (bounded)
+    shape:{wl}:*, copies:{story}, breaking:{story}, rev:{article}
+                         alert shaping: see the "alert shaping" block and SHAPE_LIFETIMES
 
 Delivery: an alert enters the outbox as its bare id. Whoever claims it first lists its
 destinations ("webhook:{name}", "notify:{scheme}:{digest}") and replaces it by one member
@@ -990,6 +992,10 @@ class ShapingStore:
             keys=[f"{self.p}copies:{{{story}}}", f"{self.p}breaking:{{{story}}}"], args=args)
         return ({copies[i]: json.loads(copies[i + 1]) for i in range(0, len(copies), 2)},
                 {cands[i]: json.loads(cands[i + 1]) for i in range(0, len(cands), 2)})
+
+    def outlets(self, story: str) -> int:
+        """How many distinct feeds carried the story (as far as copies were recorded)."""
+        return int(self.r.hlen(f"{self.p}copies:{{{story}}}"))
 
     def fired_alert(self, story: str, watchlist: str) -> str | None:
         """The alert a watchlist fired for a story, if it did."""
