@@ -81,7 +81,7 @@ class Shaper:
             if not claim.is_new and mine.get("article") == article.id:  # a new outlet
                 out += self._updates(article, claim.story_id, dump_text, len(copies), now,
                                      {"reason": "outlet", "changed": ["outlets"]},
-                                     ("outlet", article.feed), skip=out)
+                                     ("outlet", article.feed), after=mine["first_seen"])
         if rev is not None and self.updating:
             self._track(article, claim.story_id, rev)
         return out
@@ -134,14 +134,17 @@ class Shaper:
 
     # -- alert.updated ---------------------------------------------------------------------------
     def _updates(self, article: Article, story: str, dump_text: str, outlets: int, now: float,
-                 change: dict[str, Any], cause: tuple[str, ...], skip: Sequence[str] = ()
+                 change: dict[str, Any], cause: tuple[str, ...], after: float | None = None
                  ) -> list[str]:
-        """An alert.updated for every watchlist with updates that fired on the story."""
+        """An alert.updated for every watchlist with updates that fired on the story (with
+        ``after``: only those that fired before that time, the new copy's first sight; an
+        alert this very copy made, a breaking story say, already tells of it)."""
         out = []
         for wl in self.updating:
-            aid = self.shaping.fired_alert(story, wl.name)
-            if aid is None or aid in skip:
+            fired = self.shaping.fired_alert(story, wl.name)
+            if fired is None or (after is not None and fired[1] >= after):
                 continue
+            aid = fired[0]
             update = update_data(event_id("update", wl.name, story, *cause), aid, wl.name,
                                  article, story, dump_text, outlets, now, change)
             out += self._send_update(wl.name, story, update, now)
@@ -192,11 +195,9 @@ class Shaper:
 
     def _write_revision(self, article: Article, rev: str, text: str, dump_dir: Path) -> Path:
         day = dump_of(article).published.date().isoformat()
-        seq = self.shaping.revision_seq(
-            article.id, rev, self.store.claim_seq(article.id, day, force_new=True))
+        seq = self.shaping.revision_seq(article.id, rev, day)
         while not place_dump(dump_path(dump_dir, day, seq, article.id), text):
-            seq = self.store.claim_seq(article.id, day, force_new=True)  # taken by another file
-            self.shaping.track_revision(article.id, {f"seq:{rev}": str(seq)}, only_new=False)
+            seq = self.shaping.revision_seq(article.id, rev, day, taken=seq)  # another file's
         return dump_path(dump_dir, day, seq, article.id)
 
     # -- digests and held updates (beat, and the end of run --once) ------------------------------

@@ -787,6 +787,8 @@ return redis.call('HLEN', KEYS[3])
 # ARGV: now, limit, throttle cutoff, ttl. Returns 1 if it sealed them.
 _FLUSH_HELD = """
 if redis.call('HLEN', KEYS[3]) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 0 end
 local since = redis.call('HGET', KEYS[1], 'held_since') or ARGV[1]
@@ -997,9 +999,11 @@ class ShapingStore:
         """How many distinct feeds carried the story (as far as copies were recorded)."""
         return int(self.r.hlen(f"{self.p}copies:{{{story}}}"))
 
-    def fired_alert(self, story: str, watchlist: str) -> str | None:
-        """The alert a watchlist fired for a story, if it did."""
-        return self.r.get(f"{self.p}fired:{story}:{watchlist}")
+    def fired_alert(self, story: str, watchlist: str) -> tuple[str, float] | None:
+        """The alert a watchlist fired for a story and when it was made, if it did."""
+        aid = self.r.get(f"{self.p}fired:{story}:{watchlist}")
+        created = self.r.hget(f"{self.p}alert:{aid}", "created") if aid else None
+        return (aid, float(created)) if aid and created else None
 
     def claim_update(self, watchlist: str, story: str, update: dict[str, Any], now: float,
                      gap: float) -> tuple[str, str]:
@@ -1043,10 +1047,17 @@ class ShapingStore:
         pipe.expire(key, self.ttl)
         pipe.execute()
 
-    def revision_seq(self, article_id: str, rev: str, seq: int) -> int:
-        """The dump sequence number of a correction: the first one recorded wins."""
-        key = f"{self.p}rev:{{{article_id}}}"
-        pipe = self.r.pipeline()
-        pipe.hsetnx(key, f"seq:{rev}", seq)
-        pipe.hget(key, f"seq:{rev}")
-        return int(pipe.execute()[1])
+    def revision_seq(self, article_id: str, rev: str, day: str, taken: int | None = None) -> int:
+        """The dump sequence number of a correction, the same on every retry (``taken``: that
+        number is another file's, take a new one). A number taken by a worker that died before
+        recording it is skipped, never given twice."""
+        key, field = f"{self.p}rev:{{{article_id}}}", f"seq:{rev}"
+        known = self.r.hget(key, field)
+        if known is not None and taken is None:
+            return int(known)
+        seq = self.r.incr(f"{self.p}seq:{day}") - 1     # as _CLAIM_SEQ: the first file is 000
+        if taken is not None:
+            self.r.hset(key, field, seq)
+            return seq
+        self.r.hsetnx(key, field, seq)
+        return int(self.r.hget(key, field))
