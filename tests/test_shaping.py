@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from redis.crc import key_slot
 
 import worker.shaping
 from worker.config import BreakingConfig, WatchlistConfig, load_config
@@ -26,6 +27,7 @@ from worker.shaping import (
     text_changes,
     update_due,
 )
+from worker.store import Store
 
 LEAD = "Japan's LNG imports rose in January."
 LATER = "Prices eased. Traders said LNG cargoes were plentiful. Storage was full."
@@ -163,3 +165,17 @@ def test_the_shaping_decisions_import_no_redis_celery_or_network():
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom)}
     assert not imported & {"redis", "celery", "httpx", "kombu"}
+
+
+@pytest.mark.parametrize("name", ["desk", "a{b}c", "}{", "{}", "日本-energy", "x" * 300])
+def test_every_key_of_a_watchlist_or_a_story_shares_one_cluster_slot(redis_url, name):
+    """Redis Cluster runs a script only when all its KEYS are in one slot."""
+    shaping = Store.from_url(redis_url).shaping
+    keys = shaping._wl(name, "window", "items", "sealed", "recent", "sent", "held", "upd",
+                       "upd:held", "upd:due", "upd:seen")
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    story = "0123456789abcdef"
+    assert key_slot(f"newsmon:copies:{{{story}}}".encode()) == \
+        key_slot(f"newsmon:breaking:{{{story}}}".encode())
+    other = shaping._wl(name + "2", "window")[0]
+    assert other != keys[0]

@@ -312,3 +312,23 @@ def test_closing_digests_concurrently_queues_each_digest_once(tmp_path, redis_ur
     digests = [r for r in svc.store.alerts() if r.get("type") == "digest.created"]
     assert len(digests) == 1 and len(digests[0]["data"]["alerts"]) == 2
     assert {i for ids in queued for i in ids} == {digests[0]["id"]}
+
+
+def test_a_breaking_story_is_updated_only_by_copies_after_it_broke(tmp_path, redis_url,
+                                                                    http_server):
+    http_server.routes["/hook"] = (204, {}, b"")
+    for path in ("/a", "/b", "/c"):
+        serve(http_server, path, [], title=path.strip("/").upper())
+    write_config(tmp_path / "config", http_server,
+                 [{"name": "desk", "updates": True, "breaking": {"outlets": 2, "within": "1h"}}],
+                 feeds=("/a", "/b", "/c"))
+    serve(http_server, "/a", [entry(1)], title="A")
+    run_once(tmp_path, redis_url)
+    serve(http_server, "/b", [entry(1, site="b")], title="B")
+    run_once(tmp_path, redis_url)
+    assert [e["type"] for e in events(http_server)] == ["story.breaking"]
+    serve(http_server, "/c", [entry(1, site="c")], title="C")
+    run_once(tmp_path, redis_url)
+    [breaking, updated] = events(http_server)
+    assert updated["type"] == "alert.updated" and updated["data"]["outlets"] == 3
+    assert updated["data"]["alert"] == breaking["data"]["id"]
