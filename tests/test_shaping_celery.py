@@ -81,6 +81,9 @@ def test_every_shaping_option_under_celery(procs: Processes, http_server):
     correction = by_watchlist(got(), "updates", "alert.updated")[1]
     assert correction["data"]["reason"] == "correction"
     assert correction["data"]["article"]["title"] == "LNG story 2"
+    story_2 = correction["data"]["article"]["id"]
+    versions = sorted((procs.tmp / "dump").rglob(f"*_{story_2}.txt"))
+    assert len(versions) == 2 and "Officials denied" in versions[1].read_text()
 
     # Empty windows come and go: nothing more is sent, nothing twice.
     time.sleep(2 * WINDOW)
