@@ -74,10 +74,11 @@ def test_a_digest_sends_every_story_of_its_window_once_and_an_empty_window_nothi
     views = json.loads(listing.output)
     assert sorted(v["type"] for v in views) == ["alert.created"] * 3 + ["digest.created"]
     assert {v["state"] for v in views if v["type"] == "alert.created"} == {"digest"}
+    assert {v["digest"] for v in views if v["type"] == "alert.created"} == {data["id"]}
     shown = newsmon(tmp_path, redis_url, "alerts", "show", data["id"]).output
     assert "digest.created" in shown and "delivered" in shown and "LNG story 2" in shown
     table = newsmon(tmp_path, redis_url, "alerts", "list").output
-    assert "digest.created (3 alerts)" in table
+    assert "digest.created (3 alerts)" in table and f"in {data['id']}" in table
 
 
 def test_a_throttle_overflows_into_the_digest_and_loses_nothing(tmp_path, redis_url,

@@ -475,6 +475,8 @@ def _delivery_state(view: dict[str, Any]) -> str:
     "retrying, next 2025-02-06 16:30:05"."""
     if view["state"] == "retrying" and view.get("next_attempt"):
         return f"retrying, next {view['next_attempt'][:19].replace('T', ' ')}"
+    if view["state"] == "digest" and view.get("digest"):
+        return f"in {view['digest']}"
     return str(view["state"])
 
 
@@ -495,7 +497,7 @@ def _alert_fields(record: dict[str, Any]) -> dict[str, Any]:
             else "alert.created", "watchlist": record["watchlist"],
             "entities": record["entities"], "created": record["created"],
             "state": record["state"], "story": record["story"],
-            "salience": record.get("salience"),
+            "salience": record.get("salience"), "digest": record.get("digest"),
             "article": {"id": art["id"], "title": art["title"], "url": art["url"],
                         "source": art["source"], "published": art["published"]},
             "matches": record["matches"]}

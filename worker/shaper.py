@@ -227,6 +227,7 @@ class Shaper:
             if self.shaping.add_event(record, now):
                 log.info("digest=%s watchlist=%s alerts=%d window=%s..%s", record["id"],
                          watchlist, len(alerts), iso(start), iso(end))
+            self.shaping.mark_digested([a["id"] for a in alerts], record["id"])
             self.shaping.drop_sealed(watchlist, field)   # after it is queued: never lost
             out.append(record["id"])
         return out

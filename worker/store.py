@@ -348,6 +348,8 @@ class Store:
     def _alert_view(record: dict[str, str]) -> dict[str, Any]:
         data = json.loads(record["data"])
         data["state"] = record.get("state", "pending")
+        if record.get("digest"):  # alert shaping: the digest.created it left in
+            data["digest"] = record["digest"]
         data["attempts"] = json.loads(record.get("log", "[]"))
         if record.get("next_attempt"):
             data["next_attempt"] = float(record["next_attempt"])
@@ -962,6 +964,13 @@ class ShapingStore:
             _, start, end = field.split("|")
             out.append((field, float(start), float(end), json.loads(items)))
         return sorted(out, key=lambda s: s[1])
+
+    def mark_digested(self, alert_ids: list[str], digest_id: str) -> None:
+        """Note on each alert the digest it leaves in (for ``alerts show``)."""
+        pipe = self.r.pipeline(transaction=False)
+        for aid in alert_ids:
+            pipe.hset(f"{self.p}alert:{aid}", "digest", digest_id)
+        pipe.execute()
 
     def drop_sealed(self, watchlist: str, field: str) -> None:
         self.r.hdel(self._wl(watchlist, "sealed")[0], field)
