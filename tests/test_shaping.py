@@ -175,7 +175,7 @@ def test_every_key_of_a_watchlist_or_a_story_shares_one_cluster_slot(redis_url, 
                        "upd:held", "upd:due", "upd:seen")
     assert len({key_slot(k.encode()) for k in keys}) == 1
     story = "0123456789abcdef"
-    assert key_slot(f"newsmon:copies:{{{story}}}".encode()) == \
-        key_slot(f"newsmon:breaking:{{{story}}}".encode())
+    assert key_slot(f"newsmon:{{c:{story}}}:copies".encode()) == \
+        key_slot(f"newsmon:{{c:{story}}}:breaking".encode())
     other = shaping._wl(name + "2", "window")[0]
     assert other != keys[0]

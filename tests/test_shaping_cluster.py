@@ -115,9 +115,10 @@ def test_the_shaping_scripts_run_on_a_redis_cluster(cluster, watchlist):
 
     copies, candidates = shaping.record_copy(story, "https://a.example/rss",
                                              {"feed": "https://a.example/rss"},
-                                             {watchlist: alert(5)})
+                                             {watchlist: alert(5)}, now)
     assert list(copies) == ["https://a.example/rss"] and list(candidates) == [watchlist]
-    shaping.track_revision("00000000000000aa", {"rev": "r1", "story": story}, only_new=True)
+    shaping.track_revision("00000000000000aa", {"rev": "r1", "story": story}, now,
+                           only_new=True)
     assert shaping.revisions(["00000000000000aa", "00000000000000bb"]) == {
         "00000000000000aa": "r1"}
     assert shaping.revision_seq("00000000000000aa", "r2", "2025-01-01") == \

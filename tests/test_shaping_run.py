@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from worker.parse import parse_feed
 from worker.pipeline import Fresh, process_entries
 from worker.service import Service
 from worker.settings import Settings
+from worker.store import SHAPE_LIFETIMES
 
 pytestmark = pytest.mark.integration
 
@@ -333,3 +335,32 @@ def test_a_breaking_story_is_updated_only_by_copies_after_it_broke(tmp_path, red
     [breaking, updated] = events(http_server)
     assert updated["type"] == "alert.updated" and updated["data"]["outlets"] == 3
     assert updated["data"]["alert"] == breaking["data"]["id"]
+
+
+def test_every_shaping_key_has_a_lifetime_row_and_its_expiry(tmp_path, redis_url, http_server):
+    http_server.routes["/hook"] = (204, {}, b"")
+    serve(http_server, "/a", [entry(n) for n in (1, 2, 3)])
+    serve(http_server, "/b", [entry(1, site="paper")])
+    write_config(tmp_path / "config", http_server, [
+        {"name": "digest", "digest": "1h", "throttle": "1/h"},
+        {"name": "held", "throttle": "1/h"},
+        {"name": "breaking", "breaking": {"outlets": 2, "within": "1h"}, "updates": True},
+        {"name": "updates", "updates": True}], feeds=("/a", "/b"))
+    svc = service(tmp_path, redis_url)
+    for feed in svc.config().feeds:     # without closing the windows: every family is filled
+        svc.poll(feed, lambda f, parsed, items: svc.process(f, parsed, items))
+    serve(http_server, "/a", [entry(1, body=story(1).replace("said", "denied", 1))])
+    svc.poll(svc.config().feeds[0], lambda f, parsed, items: svc.process(f, parsed, items))
+    svc.close_shaping(time.time())
+    rows = [(re.compile("newsmon:" + re.escape(p).replace("<watchlist>", "[^}]+")
+                        .replace("<story>", "[^}]+").replace("<article>", "[^}]+") + "$"), rule)
+            for p, _, rule, _ in SHAPE_LIFETIMES]
+    keys = [k for k in svc.store.r.scan_iter("newsmon:{*")]
+    families = set()
+    for key in keys:
+        [rule] = [r for pattern, r in rows if pattern.match(key)] or [None]
+        assert rule is not None, f"{key} has no lifetime row"
+        families.add(next(p.pattern for p, _ in rows if p.match(key)))
+        if rule == "ttl":
+            assert svc.store.r.pttl(key) > 0, f"{key} never expires"
+    assert len(families) >= 10   # the paths above reach nearly every family

@@ -75,7 +75,7 @@ class Shaper:
         if self.tracks_copies:
             copy = Copy(article.feed, article.source, article.url, now, article.id)
             copies, cands = self.shaping.record_copy(claim.story_id, article.feed,
-                                                     copy.as_json(), candidates)
+                                                     copy.as_json(), candidates, now)
             out += self._breaking(claim, [Copy(**c) for c in copies.values()], cands, now)
             mine = copies.get(article.feed, {})
             if not claim.is_new and mine.get("article") == article.id:  # a new outlet
@@ -83,7 +83,7 @@ class Shaper:
                                      {"reason": "outlet", "changed": ["outlets"]},
                                      ("outlet", article.feed), after=mine["first_seen"])
         if rev is not None and self.updating:
-            self._track(article, claim.story_id, rev)
+            self._track(article, claim.story_id, rev, now)
         return out
 
     def _fire(self, wl: WatchlistConfig | None, name: str, claim: StoryClaim,
@@ -162,13 +162,13 @@ class Shaper:
         self.shaping.commit_updates(watchlist, story, held)
         return [update["id"]]
 
-    def _track(self, article: Article, story: str, rev: str) -> None:
+    def _track(self, article: Article, story: str, rev: str, now: float) -> None:
         """Remember the text of an article whose story fired a watchlist with updates, so a
         correction at its URL is noticed."""
         if any(self.shaping.fired_alert(story, w.name) for w in self.updating):
             self.shaping.track_revision(article.id, {
                 "rev": rev, "story": story, "title": article.title,
-                "body": body_digest(article)}, only_new=True)
+                "body": body_digest(article)}, now, only_new=True)
 
     def revise(self, article: Article, rev: str, dump_text: str, dump_dir: Path,
                now: float) -> list[str]:
@@ -181,14 +181,14 @@ class Shaper:
         story = old["story"]
         changed = text_changes(old, article)
         if not changed:  # only the feed's markup changed: no new dump, no update
-            self.shaping.track_revision(article.id, {"rev": rev}, only_new=False)
+            self.shaping.track_revision(article.id, {"rev": rev}, now, only_new=False)
             return []
         path = self._write_revision(article, rev, dump_text, dump_dir)
         out = self._updates(article, story, dump_text, self.shaping.outlets(story) or 1, now,
                             {"reason": "correction", "changed": changed, "file": str(path)},
                             ("text", article.id, rev))
         self.shaping.track_revision(article.id, {
-            "rev": rev, "title": article.title, "body": body_digest(article)}, only_new=False)
+            "rev": rev, "title": article.title, "body": body_digest(article)}, now, only_new=False)
         log.info("article=%s story=%s corrected (%s): new dump %s", article.id, story,
                  ", ".join(changed), path, extra={"article": article.id, "story": story})
         return out

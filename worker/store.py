@@ -24,8 +24,8 @@ Keys (prefix ``newsmon:``):
     stats                hash    articles, stories, duplicates, alerts
     articles             stream  one JSON entry per new story's article (bounded)
     alerts               stream  one JSON entry per alert (bounded)
-    shape:{wl}:*, copies:{story}, breaking:{story}, rev:{article}
-                         alert shaping: see the "alert shaping" block and SHAPE_LIFETIMES
+    {w:<watchlist>}:*, {c:<story>}:*, {r:<article>}:rev
+                         alert shaping: see SHAPE_LIFETIMES in the "alert shaping" block
 
 Delivery: an alert enters the outbox as its bare id. Whoever claims it first lists its
 destinations ("webhook:{name}", "notify:{scheme}:{digest}") and replaces it by one member
@@ -678,46 +678,40 @@ class DeliveryStart:
 
 # == alert shaping (issue 15) ===================================================================
 # Digest windows, throttle slots, held-back alerts and update markers per watchlist (keys
-# tagged {watchlist}), and the copies of a story per outlet with its breaking candidates (keys
-# tagged {story}), so every script below touches one Redis Cluster slot. Lifetimes:
-#   shape:{wl}:window    hash    start/end of the open digest window, held_since (TTL: retention,
-#                                refreshed by every beat tick while the watchlist is configured)
-#   shape:{wl}:items     hash    alert id -> alert JSON of the open window (same TTL)
-#   shape:{wl}:sealed    hash    "d|start|end" (digest) / "h|start|end" (throttle) -> JSON array
-#                                of alerts; a field lives until its digest.created is queued
-#   shape:{wl}:held      hash    alert id -> alert JSON held back by the throttle (same TTL)
-#   shape:{wl}:sent      zset    alert ids sent through the throttle -> when (trimmed to `per`)
-#   shape:{wl}:recent    zset    alert ids already routed -> when (trimmed to the retention)
-#   shape:{wl}:upd       zset    story -> when its last alert.updated left (trimmed to the gap)
-#   shape:{wl}:upd:held  hash    story -> JSON array of updates held back by the gap
-#   shape:{wl}:upd:due   zset    story -> when its held updates may leave (emptied as sent)
-#   shape:{wl}:upd:seen  zset    "send:"/"held:" update id -> when (trimmed to the retention)
-#   copies:{story}       hash    feed URL -> first copy from that feed (TTL: retention, refreshed
-#                                by each copy)
-#   breaking:{story}     hash    watchlist -> the alert it fires once the bar is reached (same)
-#   rev:{article}        hash    rev, title, body digests of an article whose story fired a
-#                                watchlist with updates; seq:{rev} of its corrections' dumps
-#                                (TTL: retention, refreshed by each correction)
-SHAPE_LIFETIMES = {
-    "shape:{wl}:window": "TTL retention, refreshed by each beat tick (bounded by the config)",
-    "shape:{wl}:items": "TTL retention, refreshed by each beat tick; emptied when sealed",
-    "shape:{wl}:sealed": "a field lives until its digest.created is in the outbox",
-    "shape:{wl}:held": "TTL retention, refreshed by each beat tick; emptied when flushed",
-    "shape:{wl}:sent": "trimmed to the throttle period; TTL retention",
-    "shape:{wl}:recent": "trimmed to the retention window",
-    "shape:{wl}:upd": "trimmed to the update gap; TTL retention",
-    "shape:{wl}:upd:held": "a field lives until its update leaves; TTL retention",
-    "shape:{wl}:upd:due": "a member lives until its update leaves; TTL retention",
-    "shape:{wl}:upd:seen": "trimmed to the retention window",
-    "copies:{story}": "TTL retention, refreshed by each copy of the story",
-    "breaking:{story}": "TTL retention, refreshed by each copy of the story",
-    "rev:{article}": "TTL retention, refreshed by each correction",
-}
+# tagged {w:<watchlist>}), and a story's copies per outlet with its breaking candidates (keys
+# tagged {c:<story>}), so every script below touches one Redis Cluster slot. Expiry is absolute
+# (PEXPIREAT at the caller's now + retention), trims are by the caller's time. The events they
+# make are alert records ("alert:<id>", the outbox, "alerts:by-time": the alert family's keys).
+SHAPE_LIFETIMES: list[tuple[str, str, str, str]] = [   # pattern, type, rule, how
+    ("{w:<watchlist>}:window", "hash", "ttl",
+     "open digest window (start, end, held_since): retention after the last beat tick"),
+    ("{w:<watchlist>}:items", "hash", "ttl",
+     "alert id -> alert of the open window: emptied when sealed; retention after the last add"),
+    ("{w:<watchlist>}:sealed", "hash", "ttl",
+     "closed window -> its alerts: a field lives until its digest is queued; retention"),
+    ("{w:<watchlist>}:held", "hash", "ttl",
+     "alerts a throttle without digest holds: emptied when flushed; retention after each tick"),
+    ("{w:<watchlist>}:sent", "zset", "trim", "alerts let through by the throttle: its period"),
+    ("{w:<watchlist>}:recent", "zset", "trim", "alerts already routed -> when: retention"),
+    ("{w:<watchlist>}:upd", "zset", "trim", "story -> last alert.updated: the 10-minute gap"),
+    ("{w:<watchlist>}:upd:held", "hash", "ttl",
+     "story -> updates held by the gap: until sent; retention after the last update"),
+    ("{w:<watchlist>}:upd:due", "zset", "ttl",
+     "story -> when its held updates may leave: until sent; retention after the last update"),
+    ("{w:<watchlist>}:upd:seen", "zset", "trim", "update ids handled -> when: retention"),
+    ("{c:<story>}:copies", "hash", "ttl",
+     "feed -> first copy from it: retention after the story's last copy"),
+    ("{c:<story>}:breaking", "hash", "ttl",
+     "watchlist -> alert it fires at the bar: retention after the story's last copy"),
+    ("{r:<article>}:rev", "hash", "ttl",
+     "text digests of a tracked article, its corrections' dump numbers: retention after the "
+     "last correction"),
+]
 
 # Shared: seal the open digest window when it has ended (or ``force``: now), then make sure a
 # window is open. Sealing moves its alerts into one "d|start|end" field of ``sealed``.
 _WINDOW_LIB = """
-local function roll(window, items, sealed, now, now_s, ws, we, force, ttl)
+local function roll(window, items, sealed, now, now_s, ws, we, force, at)
   local s = redis.call('HGET', window, 'start')
   local e_s = redis.call('HGET', window, 'end')
   local e = tonumber(e_s or '0')
@@ -734,8 +728,8 @@ local function roll(window, items, sealed, now, now_s, ws, we, force, ttl)
   elseif not s then
     redis.call('HSET', window, 'start', ws, 'end', we)
   end
-  redis.call('EXPIRE', window, ttl)
-  if redis.call('HLEN', sealed) > 0 then redis.call('EXPIRE', sealed, ttl) end
+  redis.call('PEXPIREAT', window, at)
+  if redis.call('HLEN', sealed) > 0 then redis.call('PEXPIREAT', sealed, at) end
 end
 """
 
@@ -743,54 +737,54 @@ end
 # "held" (the throttle is full and there is no digest) or "digest" (into the open window).
 # KEYS: window, items, sealed, recent, sent, held
 # ARGV: alert id, alert JSON, now, mode (throttle|digest|both), limit, throttle cutoff,
-#       window start, window end, recent cutoff, ttl
+#       window start, window end, recent cutoff, expire at (ms)
 _SHAPE_ALERT = _WINDOW_LIB + """
-local now, ttl = tonumber(ARGV[3]), tonumber(ARGV[10])
+local now, at = tonumber(ARGV[3]), ARGV[10]
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[9])
 if redis.call('ZSCORE', KEYS[4], ARGV[1]) then
   if redis.call('ZSCORE', KEYS[5], ARGV[1]) then return 'send' end
   return 'kept'
 end
 redis.call('ZADD', KEYS[4], now, ARGV[1])
-redis.call('EXPIRE', KEYS[4], ttl)
+redis.call('PEXPIREAT', KEYS[4], at)
 local mode = ARGV[4]
 if mode ~= 'digest' then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[6])
   if redis.call('ZCARD', KEYS[5]) < tonumber(ARGV[5]) and redis.call('HLEN', KEYS[6]) == 0 then
     redis.call('ZADD', KEYS[5], now, ARGV[1])
-    redis.call('EXPIRE', KEYS[5], ttl)
+    redis.call('PEXPIREAT', KEYS[5], at)
     return 'send'
   end
   if mode == 'throttle' then
     redis.call('HSET', KEYS[6], ARGV[1], ARGV[2])
     redis.call('HSETNX', KEYS[1], 'held_since', ARGV[3])
-    redis.call('EXPIRE', KEYS[6], ttl)
-    redis.call('EXPIRE', KEYS[1], ttl)
+    redis.call('PEXPIREAT', KEYS[6], at)
+    redis.call('PEXPIREAT', KEYS[1], at)
     return 'held'
   end
 end
-roll(KEYS[1], KEYS[2], KEYS[3], now, ARGV[3], ARGV[7], ARGV[8], false, ttl)
+roll(KEYS[1], KEYS[2], KEYS[3], now, ARGV[3], ARGV[7], ARGV[8], false, at)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('PEXPIREAT', KEYS[2], at)
 return 'digest'
 """
 
 # Seal the open digest window if it has ended (force=1: whatever its end), keep one open.
-# KEYS: window, items, sealed. ARGV: now, window start, window end, force (0|1), ttl
+# KEYS: window, items, sealed. ARGV: now, window start, window end, force (0|1), expire at (ms)
 _SEAL_WINDOW = _WINDOW_LIB + """
 roll(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1',
-     tonumber(ARGV[5]))
-if redis.call('HLEN', KEYS[2]) > 0 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5])) end
+     ARGV[5])
+if redis.call('HLEN', KEYS[2]) > 0 then redis.call('PEXPIREAT', KEYS[2], ARGV[5]) end
 return redis.call('HLEN', KEYS[3])
 """
 
 # Seal the alerts the throttle held back into one "h|since|now" field, once the throttle has
 # room again; the digest takes one throttle slot. KEYS: window, sent, held, sealed
-# ARGV: now, limit, throttle cutoff, ttl. Returns 1 if it sealed them.
+# ARGV: now, limit, throttle cutoff, expire at (ms). Returns 1 if it sealed them.
 _FLUSH_HELD = """
 if redis.call('HLEN', KEYS[3]) == 0 then return 0 end
-redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+redis.call('PEXPIREAT', KEYS[3], ARGV[4])
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 0 end
 local since = redis.call('HGET', KEYS[1], 'held_since') or ARGV[1]
@@ -799,18 +793,18 @@ redis.call('HSET', KEYS[4], member, '[' .. table.concat(redis.call('HVALS', KEYS
 redis.call('DEL', KEYS[3])
 redis.call('HDEL', KEYS[1], 'held_since')
 redis.call('ZADD', KEYS[2], ARGV[1], member)
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
-redis.call('EXPIRE', KEYS[4], tonumber(ARGV[4]))
+redis.call('PEXPIREAT', KEYS[2], ARGV[4])
+redis.call('PEXPIREAT', KEYS[4], ARGV[4])
 return 1
 """
 
 # An alert.updated for (story, watchlist), once per update id: "send" when none left in the
 # last gap (with the updates held so far, to merge), else "held" until the gap has passed.
 # KEYS: upd, upd:held, upd:due, upd:seen
-# ARGV: story, update id, update JSON, now, gap, seen cutoff, ttl
+# ARGV: story, update id, update JSON, now, gap, seen cutoff, expire at (ms)
 _CLAIM_UPDATE = """
-local story, uid, now, gap, ttl = ARGV[1], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5]),
-                                  tonumber(ARGV[7])
+local story, uid, now, gap, at = ARGV[1], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5]),
+                                  ARGV[7]
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[6])
 if redis.call('ZSCORE', KEYS[4], 'send:' .. uid) then
   return {'send', redis.call('HGET', KEYS[2], story) or ''}
@@ -818,12 +812,12 @@ end
 if redis.call('ZSCORE', KEYS[4], 'held:' .. uid) then return {'held', ''} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - gap)
 local last = redis.call('ZSCORE', KEYS[1], story)
-for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, ttl) end
+for _, k in ipairs(KEYS) do redis.call('PEXPIREAT', k, at) end
 if not last then
   redis.call('ZADD', KEYS[1], now, story)
   redis.call('ZADD', KEYS[4], now, 'send:' .. uid)
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('EXPIRE', KEYS[4], ttl)
+  redis.call('PEXPIREAT', KEYS[1], at)
+  redis.call('PEXPIREAT', KEYS[4], at)
   return {'send', redis.call('HGET', KEYS[2], story) or ''}
 end
 local held = redis.call('HGET', KEYS[2], story)
@@ -832,7 +826,7 @@ else held = '[' .. ARGV[3] .. ']' end
 redis.call('HSET', KEYS[2], story, held)
 redis.call('ZADD', KEYS[3], tonumber(last) + gap, story)
 redis.call('ZADD', KEYS[4], now, 'held:' .. uid)
-for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, ttl) end
+for _, k in ipairs(KEYS) do redis.call('PEXPIREAT', k, at) end
 return {'held', ''}
 """
 
@@ -873,12 +867,12 @@ return 1
 
 # Record a story's copy from one feed (the first from each feed counts) and the alerts its
 # watchlists with a breaking bar would fire; return every copy and candidate.
-# KEYS: copies, breaking. ARGV: feed, copy JSON, ttl, watchlist, candidate JSON, ...
+# KEYS: copies, breaking. ARGV: feed, copy JSON, expire at (ms), watchlist, candidate JSON, ...
 _RECORD_COPY = """
 redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 for i = 4, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3])) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIREAT', KEYS[2], ARGV[3]) end
 return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
 """
 
@@ -925,8 +919,12 @@ class ShapingStore:
             ("update", _CLAIM_UPDATE), ("take", _TAKE_UPDATES), ("commit", _COMMIT_UPDATES),
             ("copy", _RECORD_COPY), ("add", _ADD_SHAPED), ("route", _SET_ROUTE))}
 
+    def _until(self, now: float) -> int:
+        """Expiry as an absolute time (ms): the retention after ``now``, the caller's clock."""
+        return int((now + self.ttl) * 1000)
+
     def _wl(self, watchlist: str, *suffixes: str) -> list[str]:
-        return [f"{self.p}shape:{{{_tag(watchlist)}}}:{s}" for s in suffixes]
+        return [f"{self.p}{{w:{_tag(watchlist)}}}:{s}" for s in suffixes]
 
     # -- routing alerts ------------------------------------------------------------------------
     def shape_alert(self, watchlist: str, alert_id: str, alert_json: dict[str, Any], now: float,
@@ -936,7 +934,7 @@ class ShapingStore:
         return str(self._scripts["shape"](
             keys=self._wl(watchlist, "window", "items", "sealed", "recent", "sent", "held"),
             args=[alert_id, json.dumps(alert_json), repr(now), mode, limit, repr(cutoff),
-                  repr(window[0]), repr(window[1]), repr(now - self.ttl), self.ttl]))
+                  repr(window[0]), repr(window[1]), repr(now - self.ttl), self._until(now)]))
 
     def set_route(self, alert_id: str, verdict: str, now: float) -> None:
         self._scripts["route"](keys=[f"{self.p}alert:{alert_id}", self.p + "outbox"],
@@ -949,13 +947,13 @@ class ShapingStore:
         many sealed digests wait to be queued."""
         return int(self._scripts["seal"](
             keys=self._wl(watchlist, "window", "items", "sealed"),
-            args=[repr(now), repr(window[0]), repr(window[1]), int(force), self.ttl]))
+            args=[repr(now), repr(window[0]), repr(window[1]), int(force), self._until(now)]))
 
     def flush_held(self, watchlist: str, now: float, limit: int, cutoff: float) -> bool:
         """Seal what the throttle held back, if it has room again."""
         return bool(self._scripts["flush"](
             keys=self._wl(watchlist, "window", "sent", "held", "sealed"),
-            args=[repr(now), limit, repr(cutoff), self.ttl]))
+            args=[repr(now), limit, repr(cutoff), self._until(now)]))
 
     def sealed(self, watchlist: str) -> list[tuple[str, float, float, list[dict[str, Any]]]]:
         """The sealed digests waiting to be queued: (field, start, end, alerts)."""
@@ -992,21 +990,21 @@ class ShapingStore:
 
     # -- stories: copies, breaking candidates, updates -----------------------------------------
     def record_copy(self, story: str, feed: str, copy: dict[str, Any],
-                    candidates: dict[str, dict[str, Any]]
+                    candidates: dict[str, dict[str, Any]], now: float
                     ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         """Record a copy (the first from each feed counts) and breaking candidates; returns
         every copy by feed and every candidate by watchlist."""
-        args: list[Any] = [feed, json.dumps(copy), self.ttl]
+        args: list[Any] = [feed, json.dumps(copy), self._until(now)]
         for watchlist, alert in candidates.items():
             args += [watchlist, json.dumps(alert)]
         copies, cands = self._scripts["copy"](
-            keys=[f"{self.p}copies:{{{story}}}", f"{self.p}breaking:{{{story}}}"], args=args)
+            keys=[f"{self.p}{{c:{story}}}:copies", f"{self.p}{{c:{story}}}:breaking"], args=args)
         return ({copies[i]: json.loads(copies[i + 1]) for i in range(0, len(copies), 2)},
                 {cands[i]: json.loads(cands[i + 1]) for i in range(0, len(cands), 2)})
 
     def outlets(self, story: str) -> int:
         """How many distinct feeds carried the story (as far as copies were recorded)."""
-        return int(self.r.hlen(f"{self.p}copies:{{{story}}}"))
+        return int(self.r.hlen(f"{self.p}{{c:{story}}}:copies"))
 
     def fired_alert(self, story: str, watchlist: str) -> tuple[str, float] | None:
         """The alert a watchlist fired for a story and when it was made, if it did."""
@@ -1021,7 +1019,7 @@ class ShapingStore:
         verdict, held = self._scripts["update"](
             keys=self._wl(watchlist, "upd", "upd:held", "upd:due", "upd:seen"),
             args=[story, update["id"], json.dumps(update, ensure_ascii=False), repr(now), gap,
-                  repr(now - self.ttl), self.ttl])
+                  repr(now - self.ttl), self._until(now)])
         return str(verdict), str(held)
 
     def due_updates(self, watchlist: str, now: float) -> list[str]:
@@ -1040,27 +1038,28 @@ class ShapingStore:
         """The text revision recorded for each of these articles (only tracked ones)."""
         pipe = self.r.pipeline()
         for aid in article_ids:
-            pipe.hget(f"{self.p}rev:{{{aid}}}", "rev")
+            pipe.hget(f"{self.p}{{r:{aid}}}:rev", "rev")
         return {a: rev for a, rev in zip(article_ids, pipe.execute(), strict=True) if rev}
 
     def revision(self, article_id: str) -> dict[str, str]:
-        return self.r.hgetall(f"{self.p}rev:{{{article_id}}}")
+        return self.r.hgetall(f"{self.p}{{r:{article_id}}}:rev")
 
-    def track_revision(self, article_id: str, fields: dict[str, str], *, only_new: bool) -> None:
+    def track_revision(self, article_id: str, fields: dict[str, str], now: float, *,
+                       only_new: bool) -> None:
         """Remember an article's text (``only_new``: unless it is tracked already)."""
-        key = f"{self.p}rev:{{{article_id}}}"
+        key = f"{self.p}{{r:{article_id}}}:rev"
         if only_new and self.r.exists(key):
             return
         pipe = self.r.pipeline()
         pipe.hset(key, mapping=fields)
-        pipe.expire(key, self.ttl)
+        pipe.pexpireat(key, self._until(now))
         pipe.execute()
 
     def revision_seq(self, article_id: str, rev: str, day: str, taken: int | None = None) -> int:
         """The dump sequence number of a correction, the same on every retry (``taken``: that
         number is another file's, take a new one). A number taken by a worker that died before
         recording it is skipped, never given twice."""
-        key, field = f"{self.p}rev:{{{article_id}}}", f"seq:{rev}"
+        key, field = f"{self.p}{{r:{article_id}}}:rev", f"seq:{rev}"
         known = self.r.hget(key, field)
         if known is not None and taken is None:
             return int(known)
