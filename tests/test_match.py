@@ -6,7 +6,6 @@ import random
 import string
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -310,10 +309,8 @@ def test_no_watchlists_match_nothing() -> None:
 def test_one_automaton_handles_a_hundred_thousand_terms() -> None:
     rng = random.Random(1)
     terms = sorted({"".join(rng.choices(string.ascii_lowercase, k=12)) for _ in range(100_000)})
-    started = time.perf_counter()
     matcher = compile_watchlists([watchlist(*terms[i:i + 1000], name=f"w{i}")
                                   for i in range(0, len(terms), 1000)])
-    assert time.perf_counter() - started < 10    # about 1 s here; generous for slow CI
     assert matcher.term_count == len(terms)
     body = f"Nothing here, then {terms[54321].upper()} and {terms[7]}x."
     [hit] = matcher.match("", body)
@@ -327,10 +324,7 @@ def test_terms_in_large_alphabets_do_not_slow_down_other_text() -> None:
     terms = {"".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(3)) for _ in range(20_000)}
     matcher = compile_watchlists([watchlist(*sorted(terms))])
     body = "Prices rose in Tokyo today, officials said. " * 110 + "米国 " + sorted(terms)[5]
-    started = time.perf_counter()
-    for _ in range(20):
-        [hit] = matcher.match("", body)
-    assert time.perf_counter() - started < 0.2    # 0.008 s here; 1.3 s without bytewise search
+    [hit] = matcher.match("", body)  # no timed assertion: speed is for newsmon bench
     assert [body[m.start:m.end] for m in hit.matches] == [sorted(terms)[5]]
 
 
