@@ -12,6 +12,7 @@ from redis.crc import key_slot
 
 import worker.shaping
 from worker.config import BreakingConfig, WatchlistConfig, load_config
+from worker.deliver import notification_text
 from worker.errors import ConfigError
 from worker.models import Article, Match
 from worker.shaping import (
@@ -179,3 +180,17 @@ def test_every_key_of_a_watchlist_or_a_story_shares_one_cluster_slot(redis_url, 
         key_slot(f"newsmon:{{c:{story}}}:breaking".encode())
     other = shaping._wl(name + "2", "window")[0]
     assert other != keys[0]
+
+
+def test_notifications_of_digests_and_updates_say_what_they_carry():
+    art = {"title": "LNG imports rise", "url": "https://wire.example/1"}
+    digest = {"type": "digest.created", "data": {"watchlist": "desk", "alerts": [
+        {"article": art}, {"article": {**art, "title": "LNG prices fall"}}]}}
+    title, body = notification_text(digest)
+    assert title == "[desk] digest: 2 stories"
+    assert "LNG prices fall" in body and "https://wire.example/1" in body
+    update = {"type": "alert.updated", "data": {"watchlist": "desk", "article": art,
+                                                 "changed": ["title", "text"], "outlets": 3}}
+    title, body = notification_text(update)
+    assert title == "[desk] updated: LNG imports rise"
+    assert "title, text" in body and "3 outlets" in body
