@@ -30,6 +30,7 @@ def test_every_shaping_option_under_celery(procs: Processes, http_server):
     write_config(procs.config, http_server, [
         {"name": "digest", "digest": f"{WINDOW:.0f}s"},
         {"name": "throttled", "throttle": "1/h", "digest": f"{WINDOW:.0f}s"},
+        {"name": "held", "throttle": "1/3s"},
         {"name": "breaking", "breaking": {"outlets": 2, "within": "30m"}},
         {"name": "updates", "updates": True, "min_salience": 0.3}],
         feeds=("/a", "/b"), every="1s")
@@ -58,6 +59,12 @@ def test_every_shaping_option_under_celery(procs: Processes, http_server):
     assert sorted([sent["data"]["article"]["title"]] + titles(overflow["data"]["alerts"])) == [
         "Harbour dredging starts", "LNG story 1", "LNG story 2", "LNG story 3"]
     assert by_watchlist(got(), "breaking", "story.breaking") == []     # one outlet so far
+    # Without a digest, the throttle sends what it held once it has room again (3 s on).
+    wait_until(lambda: by_watchlist(got(), "held", "digest.created"), 30, "the held alerts")
+    [first] = by_watchlist(got(), "held", "alert.created")
+    [rest] = by_watchlist(got(), "held", "digest.created")
+    assert sorted([first["data"]["article"]["title"]] + titles(rest["data"]["alerts"])) == [
+        "Harbour dredging starts", "LNG story 1", "LNG story 2", "LNG story 3"]
     assert "Harbour dredging starts" not in titles(
         [e["data"] for e in by_watchlist(got(), "updates", "alert.created")])  # salience 0.04
 
@@ -88,9 +95,10 @@ def test_every_shaping_option_under_celery(procs: Processes, http_server):
     # Empty windows come and go: nothing more is sent, nothing twice.
     time.sleep(2 * WINDOW)
     final = got()
-    # two digests, the throttled alert, three alerts, the breaking story, two updates
-    assert len(final) == len(posts_ids(http_server)) == 2 + 1 + 3 + 1 + 2
-    assert len(of_type(final, "digest.created")) == 2
+    # digest: 1; throttled: 1 alert, 1 digest; held: 1 alert, 1 digest; updates: 3 alerts and
+    # 2 updates; breaking: 1
+    assert len(final) == len(posts_ids(http_server)) == 1 + 2 + 2 + 5 + 1
+    assert len(of_type(final, "digest.created")) == 3
     assert "Traceback" not in procs.logs()
 
 
