@@ -7,6 +7,7 @@ temporary folder, without persistence, and stops it at the end.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,11 +17,25 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import settings
 
 from tests.processes import Processes
+from worker import redact
 from worker.embedded import EmbeddedRedis
 
 DATA = Path(__file__).parent / "data"
+# Variables of the test suite itself, not newsmon settings (tests/test_normalize.py).
+SUITE_SWITCHES = {"NEWSMON_REGENERATE_GOLDEN", "NEWSMON_SHARED"}
+
+
+@pytest.fixture(autouse=True)
+def own_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the NEWSMON_ settings of the shell that runs the suite, nor the user's
+    own data folder (~/.local/state/newsmon): each test gets a data folder of its own."""
+    for name in list(os.environ):
+        if name.startswith("NEWSMON_") and name not in SUITE_SWITCHES:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
 @pytest.fixture(scope="session")
@@ -107,3 +122,18 @@ def procs(tmp_path: Path, redis_url: str) -> Iterator[Processes]:
     p = Processes(tmp_path, redis_url)
     yield p
     p.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _forget_known_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no remembered secrets, as a process starts (worker/redact.py)."""
+    monkeypatch.setattr(redact, "_known", ())
+
+
+# Property-based tests (tests/test_properties.py) run a fixed budget, the same examples every
+# run (derandomized, no example database), so CI is stable; HYPOTHESIS_PROFILE=explore searches
+# further with fresh random examples.
+settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True,
+                          database=None, print_blob=True)
+settings.register_profile("explore", max_examples=5000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

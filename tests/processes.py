@@ -12,6 +12,10 @@ from pathlib import Path
 
 import redis
 
+from worker.store import Keys
+
+KEYS = Keys()
+
 CELERY = [sys.executable, "-m", "celery", "-A", "worker.app"]
 
 
@@ -36,7 +40,9 @@ class Processes:
                     "NEWSMON_DUMP_DIR": str(tmp_path / "dump"),
                     "NEWSMON_DATA_DIR": str(tmp_path / "data"),
                     "NEWSMON_ALLOW_NETWORKS": "127.0.0.0/8", "NEWSMON_TICK_SECONDS": "1",
-                    "NEWSMON_VISIBILITY_TIMEOUT": "4"}
+                    "NEWSMON_VISIBILITY_TIMEOUT": "4",
+                    # tests read the per-feed lines (debug) in the processes' logs
+                    "NEWSMON_LOG_LEVEL": "debug"}
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
@@ -60,17 +66,17 @@ class Processes:
         return self.start(*CELERY, "beat", "--schedule", str(self.tmp / "beat-schedule"))
 
     def alert_ids(self) -> list[str]:
-        return self.redis.zrange("newsmon:alerts:by-time", 0, -1)
+        return self.redis.zrange(KEYS.by_time, 0, -1)
 
     def alerts(self) -> list[str]:
         """The watchlists of the alerts recorded so far, sorted."""
-        return sorted(self.redis.hget(f"newsmon:alert:{a}", "watchlist") for a in self.alert_ids())
+        return sorted(self.redis.hget(KEYS.alert(a), "watchlist") for a in self.alert_ids())
 
     def state(self, alert_id: str) -> str | None:
-        return self.redis.hget(f"newsmon:alert:{alert_id}", "state")
+        return self.redis.hget(KEYS.alert(alert_id), "state")
 
     def stats(self) -> dict[str, str]:
-        return self.redis.hgetall("newsmon:stats")
+        return {**self.redis.hgetall(KEYS.idx_stats), **self.redis.hgetall(KEYS.out_stats)}
 
     def logs(self) -> str:
         return "\n".join((self.tmp / f"proc{i}.log").read_text(errors="replace")

@@ -82,7 +82,8 @@ def alert(n: int) -> dict:
 
 @pytest.mark.parametrize("watchlist", ["japan-energy", "a{b}c"])
 def test_the_shaping_scripts_run_on_a_redis_cluster(cluster, watchlist):
-    shaping = Store(cluster).shaping
+    store = Store(cluster)
+    shaping = store.shaping
     now = time.time()
     window = (now - 1, now + 60)
     verdicts = [shaping.shape_alert(watchlist, alert(n)["id"], alert(n), now, "both", 1,
@@ -121,5 +122,17 @@ def test_the_shaping_scripts_run_on_a_redis_cluster(cluster, watchlist):
                            only_new=True)
     assert shaping.revisions(["00000000000000aa", "00000000000000bb"]) == {
         "00000000000000aa": "r1"}
-    assert shaping.revision_seq("00000000000000aa", "r2", "2025-01-01") == \
-        shaping.revision_seq("00000000000000aa", "r2", "2025-01-01")
+    assert shaping.revision_seq("00000000000000aa", "r2", "2025-01-01", now) == \
+        shaping.revision_seq("00000000000000aa", "r2", "2025-01-01", now)
+
+    # alerts and events ({out}): a shaped alert waits outside the outbox, then is routed
+    record = {**alert(6), "article": {"id": "00000000000000cc"}}
+    aid, new = store.claim_alert(story, watchlist, record["id"], record, now, shaped=True)
+    assert new and store.alert(aid)["state"] == "shaping" and store.outbox_next() is None
+    shaping.set_route(aid, "digest", now)
+    assert store.alert(aid)["state"] == "digest"
+    assert store.r.zscore(store.keys.expiry, aid) == pytest.approx(now + store.alert_ttl)
+    event = {"id": "digest_1", "watchlist": watchlist, "type": "digest.created"}
+    assert shaping.add_event(event, now) and not shaping.add_event(event, now)
+    shaping.mark_digested([aid], event["id"])
+    assert store.alert(aid)["digest"] == "digest_1"

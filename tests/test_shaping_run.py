@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from click.testing import CliRunner, Result
 
 from tests.feeds import item, rss
 from tests.stories import RSS, entry, events, of_type, serve, story, titles, write_config
+from tests.test_lifetimes import rule_of
 from worker.cli import main
 from worker.config import FeedConfig
 from worker.parse import parse_feed
@@ -352,15 +352,17 @@ def test_every_shaping_key_has_a_lifetime_row_and_its_expiry(tmp_path, redis_url
     serve(http_server, "/a", [entry(1, body=story(1).replace("said", "denied", 1))])
     svc.poll(svc.config().feeds[0], lambda f, parsed, items: svc.process(f, parsed, items))
     svc.close_shaping(time.time())
-    rows = [(re.compile("newsmon:" + re.escape(p).replace("<watchlist>", "[^}]+")
-                        .replace("<story>", "[^}]+").replace("<article>", "[^}]+") + "$"), rule)
-            for p, _, rule, _ in SHAPE_LIFETIMES]
-    keys = [k for k in svc.store.r.scan_iter("newsmon:{*")]
+    # every key, the shaping families' and the others', matches one row of store.LIFETIMES
+    keys = [k for k in svc.store.r.scan_iter("newsmon:*")]
     families = set()
     for key in keys:
-        [rule] = [r for pattern, r in rows if pattern.match(key)] or [None]
-        assert rule is not None, f"{key} has no lifetime row"
-        families.add(next(p.pattern for p, _ in rows if p.match(key)))
-        if rule == "ttl":
+        row = rule_of(key)
+        assert row is not None, f"{key} has no lifetime row"
+        assert svc.store.r.type(key) == row.type, (key, row)
+        if row in SHAPE_LIFETIMES:
+            families.add(row.pattern)
+        if row.rule == "ttl":
             assert svc.store.r.pttl(key) > 0, f"{key} never expires"
+        else:
+            assert svc.store.r.pttl(key) == -1, f"{key}: rule {row.rule} but it has a TTL"
     assert len(families) >= 10   # the paths above reach nearly every family

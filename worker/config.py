@@ -5,6 +5,7 @@ Errors name the file, the key path (``watchlists[2].entities[0].aliases``) and w
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import idna
 import yaml
 from pydantic import (
     BaseModel,
@@ -22,6 +24,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -52,16 +55,85 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f-\x9f]")
+
+
+def url_problem(url: str, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
+    """What is wrong with a URL newsmon will connect to, or None: the scheme, the host (a
+    DNS name or an IP address), the port (1-65535), no spaces or control characters."""
+    if _CONTROL_OR_SPACE.search(url):
+        return "a URL may not contain spaces or control characters"
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed [ of an IPv6 address
+        return "not a valid URL (an IPv6 address must be written [address])"
+    if parts.scheme.lower() not in schemes:
+        return f"expected an http(s) URL, got scheme {parts.scheme or 'none'!r}"
+    try:
+        port = parts.port
+        host = parts.hostname or ""
+    except ValueError:
+        return f"port {parts.netloc.rpartition(':')[2]!r} is not a port number (1-65535)"
+    if port == 0:
+        return "port 0 is not a port number (1-65535)"
+    if not host:
+        return "the URL has no host"
+    if _HOST_NAME.fullmatch(host):
+        return None
+    hostport = parts.netloc.rpartition("@")[2]
+    if hostport.startswith("["):
+        literal = re.fullmatch(r"\[([^\]]*)\](:[0-9]*)?", hostport)
+        return None if literal and _ip_literal(literal.group(1)) else (
+            "not a valid URL (an IPv6 address must be written [address] or [address]:port)")
+    if _ip_literal(host):
+        return None
+    try:  # an internationalised name, as the HTTP client will encode it (IDNA 2008)
+        ascii_host = idna.encode(host.lower()).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return f"host {host!r} is not a valid host name"
+    return None if _HOST_NAME.fullmatch(ascii_host) else f"host {host!r} is not a valid host name"
+
+
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _http_url(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected an http(s) URL")
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http(s) URL, got {value!r}")
+    problem = url_problem(value.strip())
+    if problem:
+        raise ValueError(problem)
     return value.strip()
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+def _notify_url(value: Any) -> Any:
+    """An Apprise URL: a scheme and no spaces or control characters (the scheme itself is
+    checked against Apprise by ``newsmon check`` and before every send)."""
+    if not isinstance(value, str):
+        raise ValueError("expected an Apprise URL such as ntfy://host/topic")
+    value = value.strip()
+    if not re.match(r"[A-Za-z0-9][A-Za-z0-9+.-]*://", value) or _CONTROL_OR_SPACE.search(value):
+        raise ValueError("expected an Apprise URL such as ntfy://host/topic, without spaces")
+    return value
+
+
+def _duration(value: Any, info: ValidationInfo) -> float:
+    # In YAML a bare number is ambiguous (``every: 5`` is not 5 minutes): ask for a unit.
+    # Python callers (a model_dump validated again) still pass seconds as numbers.
+    from_yaml = isinstance(info.context, dict) and info.context.get("yaml")
+    if from_yaml and isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"expected a duration with a unit such as 30s, 5m, 2h or 2d, got "
+                         f"{value!r} (a bare number would mean seconds: write {value:g}s)")
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
 HttpUrl = Annotated[str, BeforeValidator(_http_url)]
 
 
@@ -158,7 +230,7 @@ class BreakingConfig(_Strict):
 class WatchlistConfig(_Strict):
     name: str = Field(min_length=1)
     webhook: str | None = None
-    notify: list[SecretStr] = []
+    notify: list[Annotated[SecretStr, BeforeValidator(_notify_url)]] = []
     match: Literal["any", "all"] = "any"
     # Without a query, the entities are what fires the watchlist; with one, they give aliases
     # to the query's terms (a term equal to an entity's name matches any of its terms).
@@ -264,7 +336,7 @@ def _load_file(path: Path, env: dict[str, str], problems: list[str]) -> Config |
     before = len(problems)
     raw = _expand_vars(raw, (), env, problems, name)
     try:
-        config = Config.model_validate(raw)
+        config = Config.model_validate(raw, context={"yaml": True})
     except ValidationError as exc:
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
@@ -273,14 +345,24 @@ def _load_file(path: Path, env: dict[str, str], problems: list[str]) -> Config |
     return config if len(problems) == before else None
 
 
+def config_files(root: Path) -> list[Path]:
+    """The YAML files of a configuration: the folder's ``*.yaml``/``*.yml``, or one file."""
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise ConfigError(f"{root}: configuration folder not found (looked in {root.absolute()}); "
+                          "give --config PATH (a folder of *.yaml files, or one YAML file) "
+                          "or set NEWSMON_CONFIG")
+    return sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
 def load_config(folder: str | os.PathLike[str] | None = None,
                 env: dict[str, str] | None = None) -> LoadedConfig:
-    """Read and merge every ``*.yaml`` in the folder; raise ConfigError listing every problem."""
+    """Read and merge every ``*.yaml`` in the folder (or the one file given); raise ConfigError
+    listing every problem."""
     env = dict(os.environ if env is None else env)
     root = Path(folder or env.get("NEWSMON_CONFIG") or DEFAULT_CONFIG_DIR)
-    if not root.is_dir():
-        raise ConfigError(f"{root}: configuration folder not found")
-    files = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    files = config_files(root)
     problems: list[str] = []
     parts = [(str(p), c) for p in files if (c := _load_file(p, env, problems)) is not None]
     if problems:
@@ -354,8 +436,8 @@ class ConfigWatcher:
     def _stat(self) -> tuple[Any, ...]:
         try:
             return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
-                                for p in self.folder.iterdir() if p.suffix in (".yaml", ".yml")))
-        except OSError:
+                                for p in config_files(self.folder)))
+        except (OSError, ConfigError):
             return ()
 
     def current(self) -> Config:

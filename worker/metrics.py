@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from worker.settings import default_data_dir
+
 if TYPE_CHECKING:
     from worker.store import Store
 
@@ -30,7 +32,7 @@ log = logging.getLogger("newsmon.metrics")
 def _multiprocess_dir() -> None:
     if not os.environ.get("NEWSMON_METRICS_PORT") or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
-    root = Path(os.environ.get("NEWSMON_DATA_DIR") or ".newsmon") / "metrics"
+    root = Path(os.environ.get("NEWSMON_DATA_DIR") or default_data_dir()) / "metrics"
     with contextlib.suppress(OSError):
         for old in root.iterdir():
             if old.name.isdigit() and not _running(int(old.name)):
@@ -68,6 +70,8 @@ DELIVERIES = Counter("newsmon_deliveries_total", "Delivery attempts by outcome",
                      ["kind", "outcome"])
 DELIVERY_SECONDS = Histogram("newsmon_delivery_duration_seconds", "Delivery attempt latency",
                              ["kind"], buckets=_LATENCY)
+PARKED = Counter("newsmon_tasks_parked_total", "Tasks parked after killing their worker 3 times",
+                 ["task"])
 HEALTH_CHANGES = Counter("newsmon_feed_health_changes_total",
                          "Feeds entering a health state", ["state"])
 
@@ -113,11 +117,13 @@ class ClusterCollector(Collector):
                                 "failing_after", value=tally["failing"])
         yield GaugeMetricFamily("newsmon_feeds_stale", "Feeds with nothing new for much longer "
                                 "than their usual rhythm", value=sum(s["stale"] for s in states))
-        fetched = [s for s in states if s["outcome"] in ("ok", "not modified")]
+        fetched = [s for s in states if s["outcome"] in ("ok", "not modified", "unchanged")]
         ratio = (sum(s["outcome"] == "not modified" for s in fetched) / len(fetched)
                  if fetched else 0.0)
         yield GaugeMetricFamily("newsmon_feeds_not_modified_ratio", "Share of the feeds whose "
                                 "last successful fetch answered 304 Not Modified", value=ratio)
+        yield GaugeMetricFamily("newsmon_parked_tasks", "Tasks parked (they killed their worker "
+                                "3 times), kept 30 days", value=len(store.parked_tasks(now)))
         beat = store.last_beat()
         if beat is not None:
             yield GaugeMetricFamily("newsmon_beat_age_seconds", "Seconds since the last beat tick",

@@ -29,7 +29,7 @@ from worker.deliver import (
     deliver_claim,
     destinations,
     ping_webhook,
-    remember_secrets,
+    webhook_digest,
 )
 from worker.errors import ConfigError
 from worker.fetch import Fetcher, parse_networks
@@ -37,6 +37,7 @@ from worker.match import Matcher, compile_watchlists
 from worker.models import FeedEntry, ParsedFeed
 from worker.normalize import PageText
 from worker.pipeline import Fresh, Submit, poll_feed, process_entries
+from worker.redact import remember
 from worker.schedule import CLAIM_LEASE
 from worker.settings import Settings
 from worker.shaper import Shaper
@@ -58,7 +59,8 @@ class Service:
 
     @cached_property
     def store(self) -> Store:
-        return Store.from_url(self.redis_url, self.settings.retention_days)
+        return Store.from_url(self.redis_url, self.settings.retention_days,
+                              self.settings.alert_retention_days)
 
     @cached_property
     def fetcher(self) -> Fetcher:
@@ -67,7 +69,7 @@ class Service:
     def config(self) -> Config:
         config = self.watcher.current()
         if config is not self._secrets_of:  # scrubbed from logs and error reports from now on
-            remember_secrets(config_secrets(config))
+            remember(config_secrets(config))
             self._secrets_of = config
         return config
 
@@ -93,11 +95,18 @@ class Service:
 
     def due_feeds(self, now: float) -> list[FeedConfig]:
         """One beat tick: follow the configuration, then hand out each due feed once."""
+        return [feed for feed, _ in self.hand_out(now)]
+
+    def hand_out(self, now: float) -> list[tuple[FeedConfig, str]]:
+        """Like due_feeds, with the hand-out's token that the fetch must present."""
         config = self.config()
         self.store.sync_feeds([f.name for f in config.feeds], now)
+        self.store.keep_disabled({webhook_digest(hook) for hook in config.webhooks.values()})
         self.store.mark_beat(now)
         feeds = {f.name: f for f in config.feeds}
-        return [feeds[name] for name, _ in self.store.claim_due(now, CLAIM_LEASE) if name in feeds]
+        token = uuid.uuid4().hex
+        return [(feeds[name], token) for name, _ in
+                self.store.claim_due(now, CLAIM_LEASE, token=token) if name in feeds]
 
     def poll(self, feed: FeedConfig, submit: Submit) -> dict[str, Any]:
         return poll_feed(feed, self.store, self.fetcher, time.time(), submit,
@@ -106,6 +115,15 @@ class Service:
     def process(self, feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh]) -> list[str]:
         return process_entries(feed, parsed, items, self.store, self.matcher(),
                                self.settings.dump_dir, time.time(), self.shaper())
+
+    def cycle_step(self, cycle: str, failed_feed: str = "", **increments: int) -> None:
+        """Count a step of a poll cycle (a fetch, a processed batch); the step that ends it
+        logs the cycle's one summary line."""
+        if not cycle:  # a task queued by an older version, or not from a beat tick
+            return
+        fields = self.store.cycle_step(cycle, failed_feed, **increments)
+        if fields is not None:
+            log.info("%s", cycle_summary(fields))
 
     def run_once(self, workers: int = 8, delivery_timeout: float = 60.0) -> dict[str, Any]:
         """Poll every feed once and process everything that came in, in this process; close
@@ -124,7 +142,9 @@ class Service:
                   if o.get("outcome") == "failed"]
         alerts += self.close_shaping(time.time(), force=True)  # cron users get their digests
         deliveries = self.deliver_until_done(alerts, delivery_timeout, workers=2 * workers)
+        self.store.forget_alerts(time.time())
         return {"feeds": len(config.feeds), "failed": failed,
+                "polled": [(f.name, o) for f, o in zip(config.feeds, outcomes, strict=True)],
                 "new_items": sum(o.get("new_items", 0) for o in outcomes), "alerts": alerts,
                 "deliveries": deliveries}
 
@@ -237,6 +257,18 @@ class Service:
         if hook is None:
             raise ConfigError(f"no webhook named {name!r} in {self.settings.config_dir}")
         return ping_webhook(self.sender, name, hook, time.time(), "ping_" + uuid.uuid4().hex)
+
+
+def cycle_summary(fields: dict[str, str]) -> str:
+    """"poll cycle: 3 feeds polled, 5 new articles, 1 alert, 1 failed (wire)"."""
+    failed = sorted(k.removeprefix("fail:") for k in fields if k.startswith("fail:"))
+
+    def n(key: str) -> int:
+        return int(fields.get(key) or 0)
+
+    return (f"poll cycle: {n('polled')} feeds polled, {n('new')} new articles, "
+            f"{n('alerts')} alerts, {len(failed)} failed" + (f" ({', '.join(failed)})"
+                                                             if failed else ""))
 
 
 # -- JSON for Celery messages ---------------------------------------------------------------

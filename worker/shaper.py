@@ -183,7 +183,7 @@ class Shaper:
         if not changed:  # only the feed's markup changed: no new dump, no update
             self.shaping.track_revision(article.id, {"rev": rev}, now, only_new=False)
             return []
-        path = self._write_revision(article, rev, dump_text, dump_dir)
+        path = self._write_revision(article, rev, dump_text, dump_dir, now)
         out = self._updates(article, story, dump_text, self.shaping.outlets(story) or 1, now,
                             {"reason": "correction", "changed": changed, "file": str(path)},
                             ("text", article.id, rev))
@@ -193,11 +193,12 @@ class Shaper:
                  ", ".join(changed), path, extra={"article": article.id, "story": story})
         return out
 
-    def _write_revision(self, article: Article, rev: str, text: str, dump_dir: Path) -> Path:
+    def _write_revision(self, article: Article, rev: str, text: str, dump_dir: Path,
+                        now: float) -> Path:
         day = dump_of(article).published.date().isoformat()
-        seq = self.shaping.revision_seq(article.id, rev, day)
+        seq = self.shaping.revision_seq(article.id, rev, day, now)
         while not place_dump(dump_path(dump_dir, day, seq, article.id), text):
-            seq = self.shaping.revision_seq(article.id, rev, day, taken=seq)  # another file's
+            seq = self.shaping.revision_seq(article.id, rev, day, now, taken=seq)  # another file's
         return dump_path(dump_dir, day, seq, article.id)
 
     # -- digests and held updates (beat, and the end of run --once) ------------------------------
