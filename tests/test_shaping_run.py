@@ -26,7 +26,7 @@ from worker.parse import parse_feed
 from worker.pipeline import Fresh, process_entries
 from worker.service import Service
 from worker.settings import Settings
-from worker.store import SHAPE_LIFETIMES
+from worker.store import SHAPE_LIFETIMES, Store
 
 pytestmark = pytest.mark.integration
 
@@ -366,3 +366,20 @@ def test_every_shaping_key_has_a_lifetime_row_and_its_expiry(tmp_path, redis_url
         else:
             assert svc.store.r.pttl(key) == -1, f"{key}: rule {row.rule} but it has a TTL"
     assert len(families) >= 10   # the paths above reach nearly every family
+
+
+def test_the_alert_retention_keeps_an_unrouted_alert_and_ends_one_that_left_in_a_digest(
+        redis_url):
+    store = Store.from_url(redis_url, alert_retention_days=1)
+    now = time.time()
+    record = {"id": "alert_" + "a" * 32, "watchlist": "desk", "story": "0123456789abcdef",
+              "article": {"id": "00000000000000aa"}}
+    aid, new = store.claim_alert(record["story"], "desk", record["id"], record, now, shaped=True)
+    assert new and store.alert(aid)["state"] == "shaping"
+    assert store.outbox_next() is None                     # shaping routes it, not the outbox
+    assert store.forget_alerts(now + 10 * store.alert_ttl) == 0 and store.alert(aid)
+    store.shaping.set_route(aid, "digest", now)
+    assert store.alert(aid)["state"] == "digest" and store.outbox_next() is None
+    assert store.forget_alerts(now + store.alert_ttl - 1) == 0 and store.alert(aid)
+    assert store.forget_alerts(now + store.alert_ttl + 1) == 1 and store.alert(aid) is None
+    assert store.alert_gone(aid) is not None
