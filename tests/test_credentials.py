@@ -150,7 +150,7 @@ def test_no_credential_in_any_output_or_stored_record(setup, redis_url):
     alerts = json.loads(newsmon(env, "alerts", "list", "--json").split("\n", 1)[1]
                         .split("\n\n", 1)[0] or "[]")
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    events = [k.rsplit(":", 1)[1] for k in r.scan_iter("newsmon:*alert:evt_*")]
+    events = [k.rsplit(":", 1)[1] for k in r.scan_iter("newsmon:{out}:alert:evt_*")]
     r.close()
     assert alerts and events, "an alert and a feed health event to show"
     for alert_id in [alerts[0]["id"], *sorted(events)[:2]]:

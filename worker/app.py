@@ -99,6 +99,7 @@ app.conf.update(
         "newsmon.process": {"queue": "process"},
         "newsmon.deliver": {"queue": "deliver"},
         "newsmon.deliver_due": {"queue": "schedule"},
+        "newsmon.shape_due": {"queue": "schedule"},
         "newsmon.heartbeat": {"queue": "schedule"},
     },
     beat_schedule={
@@ -109,6 +110,10 @@ app.conf.update(
         # new alerts are sent at once by the process task. Dropped, not queued, if late.
         "deliver-due": {"task": "newsmon.deliver_due", "schedule": settings.tick_seconds,
                         "options": {"expires": settings.tick_seconds}},
+        # Closes ended digest windows, flushes throttles that have room and held updates that
+        # are due (windows close within a tick of their end). Dropped, not queued, if late.
+        "shape-due": {"task": "newsmon.shape_due", "schedule": settings.tick_seconds,
+                      "options": {"expires": settings.tick_seconds}},
         # Proves beat and a worker both run: Sentry's cron monitor "newsmon-heartbeat".
         "newsmon-heartbeat": {"task": "newsmon.heartbeat", "schedule": 60.0,
                               "options": {"expires": 60.0}},

@@ -652,29 +652,75 @@ def alerts_list(config: str | None, as_json: bool, watchlist: str | None,
         return
     rows = [("CREATED", "WATCHLIST", "DELIVERY", "ENTITIES", "TITLE", "URL", "ID")]
     rows += [(v["created"][:19], v["watchlist"], _delivery_state(v), ", ".join(v["entities"]),
-              v["article"]["title"][:60], v["article"]["url"], v["id"]) for v in views]
+              _list_title(v)[:60], v["article"]["url"] if "article" in v else "", v["id"])
+             for v in views]
     _table(rows)
 
 
+def _list_title(view: dict[str, Any]) -> str:
+    """The TITLE column: the article's title, or what a shaping event is."""
+    kind = view["type"]
+    if kind == "digest.created":
+        return f"digest.created ({len(view['alerts'])} alerts)"
+    if kind == "story.breaking":
+        return f"story.breaking ({view['outlets']} outlets): {view['article']['title']}"
+    if kind == "alert.updated":
+        return f"alert.updated ({', '.join(view['changed'])}): {view['article']['title']}"
+    return str(view["article"]["title"])
+
+
 def _delivery_state(view: dict[str, Any]) -> str:
-    """pending, delivered, dead, recorded, or "retrying, next 2025-02-06 16:30:05"."""
+    """pending, delivered, dead, recorded, digest (it leaves in a digest.created), or
+    "retrying, next 2025-02-06 16:30:05"."""
     if view["state"] == "retrying" and view.get("next_attempt"):
         return f"retrying, next {view['next_attempt'][:19].replace('T', ' ')}"
+    if view["state"] == "digest" and view.get("digest"):
+        return f"in {view['digest']}"
     return str(view["state"])
 
 
 def alert_view(record: dict[str, Any]) -> dict[str, Any]:
-    art = record["article"]
-    view = {"id": record["id"], "watchlist": record["watchlist"],
-            "entities": record["entities"], "created": record["created"],
-            "state": record["state"], "story": record["story"],
-            "article": {"id": art["id"], "title": art["title"], "url": art["url"],
-                        "source": art["source"], "published": art["published"]},
-            "matches": record["matches"]}
+    """An alert (alert.created, story.breaking) or a shaping event (digest.created,
+    alert.updated) as ``alerts list`` and ``alerts show`` print it."""
+    view = _event_view(record) if "type" in record else _alert_fields(record)
     if record.get("next_attempt"):
         view["next_attempt"] = datetime.fromtimestamp(record["next_attempt"], UTC).isoformat()
     view["deliveries"] = {dest: {**d, "next_attempt": _iso(d["next_attempt"])}
                           for dest, d in record.get("deliveries", {}).items()}
+    return view
+
+
+def _alert_fields(record: dict[str, Any]) -> dict[str, Any]:
+    art = record["article"]
+    view = {"id": record["id"], "type": "story.breaking" if "outlets" in record
+            else "alert.created", "watchlist": record["watchlist"],
+            "entities": record["entities"], "created": record["created"],
+            "state": record["state"], "story": record["story"],
+            "salience": record.get("salience"), "digest": record.get("digest"),
+            "article": {"id": art["id"], "title": art["title"], "url": art["url"],
+                        "source": art["source"], "published": art["published"]},
+            "matches": record["matches"]}
+    if "outlets" in record:
+        view.update(outlets=record["outlets"], copies=record["copies"])
+    return view
+
+
+def _event_view(record: dict[str, Any]) -> dict[str, Any]:
+    """A digest.created or alert.updated: the event's data without the dump texts."""
+    data = record["data"]
+    view = {"id": record["id"], "type": record["type"], "watchlist": record["watchlist"],
+            "entities": [], "created": record["timestamp"], "state": record["state"]}
+    if record["type"] == "digest.created":
+        view.update(window=data["window"], alerts=[
+            {"id": a["id"], "story": a["article"]["story"], "title": a["article"]["title"],
+             "url": a["article"]["url"], "salience": a.get("salience")} for a in data["alerts"]])
+    else:
+        art = data["article"]
+        view.update(alert=data["alert"], story=data["story"], reason=data["reason"],
+                    changed=data["changed"], outlets=data["outlets"], copy=data["copy"],
+                    file=record.get("file"),
+                    article={"id": art["id"], "title": art["title"], "url": art["url"],
+                             "source": art["source"], "published": art["published"]})
     return view
 
 
@@ -703,11 +749,12 @@ def alerts_show(config: str | None, as_json: bool, alert_id: str) -> None:
         raise click.ClickException(f"no alert {alert_id}")
     attempts = [{**a, "at": _iso(a["at"]), "next": _iso(a.get("next"))}
                 for a in record["attempts"]]
-    if "type" in record:  # a feed health event (evt_...): shown as JSON either way
+    if "type" in record and not record.get("watchlist"):
+        # a feed health event (evt_...): shown as JSON either way
         click.echo(json.dumps({**record, "attempts": attempts}, indent=2, ensure_ascii=False))
         return
     view = {**alert_view(record), "attempts": attempts}
-    if as_json:
+    if as_json or view["type"] in ("digest.created", "alert.updated"):
         click.echo(json.dumps(view, indent=2, ensure_ascii=False))
         return
     art = view["article"]

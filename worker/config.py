@@ -199,6 +199,34 @@ def _entity(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?\s*[smhd]|[smhd])\s*$")
+
+
+def _rate(value: Any) -> Any:
+    """``"20/h"`` or ``"5/10m"`` to ``{"count": 20, "per": "1h"}``; a mapping stays as it is."""
+    if not isinstance(value, str):
+        return value
+    m = _RATE.match(value)
+    if not m:
+        raise ValueError(f"expected a rate such as 20/h or 5/10m, got {value!r}")
+    per = m.group(2).strip()
+    return {"count": int(m.group(1)), "per": per if per[0].isdigit() else "1" + per}
+
+
+class ThrottleConfig(_Strict):
+    """At most ``count`` alerts in any ``per`` seconds (a sliding window)."""
+
+    count: int = Field(ge=1)
+    per: Duration
+
+
+class BreakingConfig(_Strict):
+    """Fire when ``outlets`` distinct feeds carry a story within ``within`` of its first copy."""
+
+    outlets: int = Field(ge=1)
+    within: Duration
+
+
 class WatchlistConfig(_Strict):
     name: str = Field(min_length=1)
     webhook: str | None = None
@@ -209,6 +237,17 @@ class WatchlistConfig(_Strict):
     entities: list[Annotated[EntityConfig, BeforeValidator(_entity)]] = []
     query: str | None = None
     exclude: list[Annotated[str, Field(min_length=1)]] = []
+    # Alert shaping (docs/shaping.md): each optional.
+    digest: Duration | None = None
+    throttle: Annotated[ThrottleConfig, BeforeValidator(_rate)] | None = None
+    breaking: BreakingConfig | None = None
+    updates: bool = False
+    min_salience: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @property
+    def shaped(self) -> bool:
+        """Whether its alerts wait for a digest or a throttle before they leave."""
+        return self.digest is not None or self.throttle is not None
 
     @field_validator("query")
     @classmethod

@@ -95,16 +95,21 @@ def notify_secrets(url: str) -> list[str]:
 # --- The payload and its signature (Standard Webhooks) ------------------------------------------
 
 def alert_payload(alert: dict[str, Any], copies: int) -> dict[str, Any]:
-    """The ``alert.created`` event for a stored alert record (see
-    docs/webhook-payload.schema.json); ``copies`` is read from the story at delivery time."""
+    """The ``alert.created`` event for a stored alert record, or ``story.breaking`` for one
+    that fired at a watchlist's breaking bar (see docs/webhook-payload.schema.json); ``copies``
+    is read from the story at delivery time."""
     article = alert["article"]
+    breaking = {key: alert[key] for key in ("outlets", "copies") if key in alert}
+    score = {"salience": alert["salience"]} if alert.get("salience") is not None else {}
     return {
-        "type": "alert.created",
+        "type": "story.breaking" if breaking else "alert.created",
         "timestamp": alert["created"],
         "data": {
             "id": alert["id"],
             "watchlist": alert["watchlist"],
             "created": alert["created"],
+            **score,
+            **breaking,
             "entities": list(alert["entities"]),
             "matches": [{key: m[key] for key in ("entity", "term", "field", "snippet")}
                         for m in alert["matches"]],
@@ -359,7 +364,17 @@ def send_notification(url: str, title: str, body: str, allowed: Sequence[IPNetwo
 
 
 def notification_text(alert: dict[str, Any]) -> tuple[str, str]:
-    """A short human-readable message: title, entities, the first snippet, the link."""
+    """A short human-readable message: title, entities, the first snippet, the link (for a
+    digest: one line per alert; for an update: what changed)."""
+    if alert.get("type") == "digest.created":
+        data = alert["data"]
+        lines = [f"- {a['article']['title']}\n  {a['article']['url']}" for a in data["alerts"]]
+        return (f"[{data['watchlist']}] digest: {len(lines)} stories"[:250], "\n".join(lines))
+    if alert.get("type") == "alert.updated":
+        data = alert["data"]
+        title = f"[{data['watchlist']}] updated: {data['article']['title']}"[:250]
+        return title, (f"Changed: {', '.join(data['changed'])}; {data['outlets']} outlets\n\n"
+                       f"{data['article']['url']}")
     article = alert["article"]
     title = f"[{alert['watchlist']}] {article['title']}"[:250]
     snippet = alert["matches"][0]["snippet"] if alert["matches"] else ""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker import metrics
 from worker.config import FeedConfig
@@ -33,7 +33,11 @@ from worker.normalize import entry_article_id as article_id_of
 from worker.parse import body_digest, parse_feed
 from worker.redact import redact, redact_url
 from worker.schedule import next_due_after_failure, next_due_after_success
+from worker.shaping import salience, text_revision
 from worker.store import INFRA_ERRORS, Store
+
+if TYPE_CHECKING:
+    from worker.shaper import Shaper
 
 log = logging.getLogger("newsmon.pipeline")
 FULL_TEXT_BUDGET = 120.0  # seconds of article-page fetching per feed poll
@@ -45,13 +49,14 @@ class Fresh:
 
     entry: FeedEntry
     page: PageText | None
+    revision: bool = False      # processed before; its text changed since (a correction)
 
 
 Submit = Callable[[FeedConfig, ParsedFeed, list[Fresh]], None]
 
 
 def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
-              submit: Submit) -> dict[str, Any]:
+              submit: Submit, *, corrections: bool = False) -> dict[str, Any]:
     """Fetch one feed and hand its new entries to ``submit``; record the outcome on the feed.
 
     The feed's validators (ETag, Last-Modified) and the ids of its document are saved only
@@ -69,7 +74,8 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
                       outcome["outcome"].replace(" ", "-"), outcome["status"], extra=ids)
             return record_poll(feed, store, state, outcome, now,
                                next_due_after_success(now, feed.every, jitter=random.random()))
-        return hand_on(feed, parsed, store, fetcher, now, submit, state, outcome)
+        return hand_on(feed, parsed, store, fetcher, now, submit, state, outcome,
+                       corrections=corrections)
     except INFRA_ERRORS:
         raise  # not this feed's fault: the task runs again
     except (FetchError, NotAFeedError) as exc:  # validators of an answer that is no feed: not kept
@@ -80,16 +86,17 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
     except Exception as exc:  # the feed boundary: a bug or an input nobody foresaw, visibly
         log.exception("feed=%s fetch or parse raised", feed.name, extra=ids)
         return record_failure(feed, store, state, outcome, now,
-                              redact(f"unexpected error: {type(exc).__name__}: {str(exc)[:200]}"), None,
-                              None)
+                              redact(f"unexpected error: {type(exc).__name__}: "
+                                     f"{str(exc)[:200]}"), None, None)
 
 
 def hand_on(feed: FeedConfig, parsed: ParsedFeed, store: Store, fetcher: Fetcher, now: float,
-            submit: Submit, state: dict[str, str], outcome: dict[str, Any]) -> dict[str, Any]:
+            submit: Submit, state: dict[str, str], outcome: dict[str, Any], *,
+            corrections: bool = False) -> dict[str, Any]:
     """Submit the parsed document's new entries, then remember its ids and validators."""
     ids = {"feed": feed.name}
     listed = list(dict.fromkeys(entry_article_id(feed, e) for e in parsed.entries))
-    fresh = new_entries(feed, parsed, store, fetcher)
+    fresh = new_entries(feed, parsed, store, fetcher, corrections=corrections)
     if fresh:
         submit(feed, parsed, fresh)
     store.remember_feed_ids(feed.name, listed)
@@ -207,26 +214,40 @@ def entry_article_id(feed: FeedConfig, entry: FeedEntry) -> str:
 
 
 def new_entries(feed: FeedConfig, parsed: ParsedFeed, store: Store,
-                fetcher: Fetcher) -> list[Fresh]:
+                fetcher: Fetcher, *, corrections: bool = False) -> list[Fresh]:
     """The entries to process: not in the feed's previous document and not processed to the
-    end yet (each once, however often the feed lists it), with full text where asked.
+    end yet (each once, however often the feed lists it), with full text where asked. With
+    ``corrections``, also the processed ones whose text changed since, listed before or not
+    (alert shaping tracks the articles of stories that fired a watchlist with ``updates``).
 
     Article pages are fetched one after another until FULL_TEXT_BUDGET seconds are spent; the
     rest keep the feed's own content, so one poll stays well inside the task time limits."""
     listed = store.feed_ids(feed.name)
     pending: dict[str, FeedEntry] = {}
+    document: dict[str, FeedEntry] = {}
     for entry in parsed.entries:
         aid = entry_article_id(feed, entry)
+        document.setdefault(aid, entry)
         if aid not in listed:
             pending.setdefault(aid, entry)
     done = store.done_articles(list(pending))
+    # a correction keeps its URL, so it is looked for among all the document's articles; only
+    # the tracked ones have a revision, and one whose text is unchanged is skipped as before
+    tracked = store.shaping.revisions(list(document)) if corrections else {}
+    revised = {aid for aid, rev in tracked.items()
+               if (aid in listed or aid in done) and rev != entry_revision(document[aid])}
     deadline = time.monotonic() + FULL_TEXT_BUDGET
     fresh = []
-    for aid, entry in pending.items():
-        if aid not in done:
+    for aid, entry in document.items():
+        if aid in revised or (aid in pending and aid not in done):
             page = full_text(feed, entry, fetcher) if time.monotonic() < deadline else None
-            fresh.append(Fresh(entry, page))
+            fresh.append(Fresh(entry, page, revision=aid in revised))
     return fresh
+
+
+def entry_revision(entry: FeedEntry) -> str:
+    """The text of an entry as its feed gives it, as a short digest (corrections change it)."""
+    return text_revision(entry.title, entry.content_html)
 
 
 def full_text(feed: FeedConfig, entry: FeedEntry, fetcher: Fetcher) -> PageText | None:
@@ -247,10 +268,12 @@ def full_text(feed: FeedConfig, entry: FeedEntry, fetcher: Fetcher) -> PageText 
 
 
 def process_entries(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh], store: Store,
-                    matcher: Matcher, dump_dir: Path, now: float) -> list[str]:
-    """Normalize, dedupe, dump, match and alert each entry; one bad entry never stops the rest,
-    an infrastructure error (Redis, disk) stops them all so that the task runs again.
-    Safe to run twice: every step is keyed by the article id."""
+                    matcher: Matcher, dump_dir: Path, now: float,
+                    shaper: Shaper | None = None) -> list[str]:
+    """Normalize, dedupe, dump, match and alert each entry (through ``shaper``'s watchlist
+    rules when given); one bad entry never stops the rest, an infrastructure error (Redis,
+    disk) stops them all so that the task runs again. Safe to run twice: every step is keyed
+    by the article id. Returns the ids of the alerts and events to send now."""
     alerts: list[str] = []
     first_seen = datetime.fromtimestamp(now, UTC)
     for item in items:
@@ -261,7 +284,12 @@ def process_entries(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh], st
             log.warning("feed=%s entry skipped: %s", feed.name, exc, extra={"feed": feed.name})
             continue
         try:
-            alerts += process_article(article, store, matcher, dump_dir, now)
+            if item.revision and shaper is not None:
+                alerts += shaper.revise(article, entry_revision(item.entry),
+                                        render_dump(dump_of(article)), dump_dir, now)
+            else:
+                alerts += process_article(article, store, matcher, dump_dir, now, shaper,
+                                          entry_revision(item.entry))
         except INFRA_ERRORS:
             raise
         except Exception:  # recorded, and the other entries go on
@@ -271,7 +299,7 @@ def process_entries(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh], st
 
 
 def process_article(article: Article, store: Store, matcher: Matcher, dump_dir: Path,
-                    now: float) -> list[str]:
+                    now: float, shaper: Shaper | None = None, rev: str | None = None) -> list[str]:
     """One article: its story, and for a new story one dump file and one stream entry, then
     its alerts. Whatever text a second run sees, the first run's dump text is the one used."""
     claim = store.claim_story(article.id, story_keys(article), now)
@@ -282,9 +310,13 @@ def process_article(article: Article, store: Store, matcher: Matcher, dump_dir: 
     if claim.is_new:
         path = write_story_dump(store, dump_dir, article.id, text, now)
         store.add_article(article.id, article_json(article, claim.story_id, path), now)
+    if shaper is not None:
+        created = shaper.fire(article, claim, match_article(matcher, article), text, now, rev)
+        store.mark_done(article.id)
+        return created
     created = []
     for hit in match_article(matcher, article):
-        record = alert_json(hit, article, claim.story_id, text, now)
+        record = alert_json(hit, article, claim.story_id, text, now, salience(hit.matches, article))
         alert_id, is_new = store.claim_alert(claim.story_id, hit.watchlist, record["id"], record,
                                              now, article.id)
         if is_new:
@@ -321,10 +353,11 @@ def article_json(article: Article, story_id: str, path: Path | None) -> dict[str
 
 
 def alert_json(hit: WatchlistHit, article: Article, story_id: str, dump_text: str,
-               now: float) -> dict[str, Any]:
+               now: float, salience: float | None = None) -> dict[str, Any]:
     return {
         "id": "alert_" + uuid.uuid4().hex,
         "watchlist": hit.watchlist,
+        "salience": salience,
         "entities": list(hit.entities),
         "matches": [{"entity": m.entity, "term": m.term, "field": m.field, "start": m.start,
                      "end": m.end, "snippet": m.snippet} for m in hit.matches],

@@ -40,6 +40,7 @@ from worker.pipeline import Fresh, Submit, poll_feed, process_entries
 from worker.redact import remember
 from worker.schedule import CLAIM_LEASE
 from worker.settings import Settings
+from worker.shaper import Shaper
 from worker.store import DeliveryClaim, Store
 
 log = logging.getLogger("newsmon.service")
@@ -53,6 +54,7 @@ class Service:
         self.redis_url = redis_url
         self.watcher = ConfigWatcher(settings.config_dir)
         self._matcher: tuple[int, Matcher] | None = None
+        self._shaper: tuple[int, Shaper] | None = None
         self._secrets_of: Config | None = None
 
     @cached_property
@@ -76,6 +78,17 @@ class Service:
             self._matcher = (id(config), compile_watchlists(config.watchlists, config.feeds))
         return self._matcher[1]
 
+    def shaper(self) -> Shaper:
+        config = self.config()
+        if self._shaper is None or self._shaper[0] != id(config):
+            self._shaper = (id(config), Shaper(self.store, config.watchlists))
+        return self._shaper[1]
+
+    def close_shaping(self, now: float, force: bool = False) -> list[str]:
+        """Queue the digests whose windows ended (``force``: every open one), what throttles
+        held back where they have room, and held updates that are due."""
+        return self.shaper().close(now, force)
+
     def feed(self, name: str) -> FeedConfig | None:
         return next((f for f in self.config().feeds if f.name == name), None)
 
@@ -95,11 +108,12 @@ class Service:
                 self.store.claim_due(now, CLAIM_LEASE, token=token) if name in feeds]
 
     def poll(self, feed: FeedConfig, submit: Submit) -> dict[str, Any]:
-        return poll_feed(feed, self.store, self.fetcher, time.time(), submit)
+        return poll_feed(feed, self.store, self.fetcher, time.time(), submit,
+                         corrections=bool(self.shaper().updating))
 
     def process(self, feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh]) -> list[str]:
         return process_entries(feed, parsed, items, self.store, self.matcher(),
-                               self.settings.dump_dir, time.time())
+                               self.settings.dump_dir, time.time(), self.shaper())
 
     def cycle_step(self, cycle: str, failed_feed: str = "", **increments: int) -> None:
         """Count a step of a poll cycle (a fetch, a processed batch); the step that ends it
@@ -111,11 +125,12 @@ class Service:
             log.info("%s", cycle_summary(fields))
 
     def run_once(self, workers: int = 8, delivery_timeout: float = 60.0) -> dict[str, Any]:
-        """Poll every feed once and process everything that came in, in this process; then
-        deliver until every new alert is delivered, dead or only recorded, or the timeout."""
+        """Poll every feed once and process everything that came in, in this process; close
+        the digest windows it filled (and queue what earlier runs left due); then deliver
+        until every new alert is delivered, dead or only recorded, or the timeout."""
         config = self.config()
         self.store.sync_feeds([f.name for f in config.feeds], time.time())
-        alerts: list[str] = []
+        alerts: list[str] = self.close_shaping(time.time())
 
         def submit(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh]) -> None:
             alerts.extend(self.process(feed, parsed, items))
@@ -124,6 +139,7 @@ class Service:
             outcomes = list(pool.map(lambda f: self.poll(f, submit), config.feeds))
         failed = [(f.name, o.get("error")) for f, o in zip(config.feeds, outcomes, strict=True)
                   if o.get("outcome") == "failed"]
+        alerts += self.close_shaping(time.time(), force=True)  # cron users get their digests
         deliveries = self.deliver_until_done(alerts, delivery_timeout, workers=2 * workers)
         self.store.forget_alerts(time.time())
         return {"feeds": len(config.feeds), "failed": failed,
@@ -271,8 +287,8 @@ def encode_batch(parsed: ParsedFeed, items: list[Fresh]) -> dict[str, Any]:
     meta = _jsonable(ParsedFeed(parsed.format, parsed.title, parsed.link, parsed.author,
                                 parsed.ttl_minutes, ()))
     return {"feed": meta, "items": [
-        {"entry": _jsonable(i.entry), "page": _jsonable(i.page) if i.page else None}
-        for i in items]}
+        {"entry": _jsonable(i.entry), "page": _jsonable(i.page) if i.page else None,
+         "revision": i.revision} for i in items]}
 
 
 def decode_batch(data: dict[str, Any]) -> tuple[ParsedFeed, list[Fresh]]:
@@ -284,5 +300,5 @@ def decode_batch(data: dict[str, Any]) -> tuple[ParsedFeed, list[Fresh]]:
         if page:
             page = PageText(**{**page, "paragraphs": tuple(page["paragraphs"]),
                                "published": _dt(page["published"])})
-        items.append(Fresh(entry, page))
+        items.append(Fresh(entry, page, revision=bool(item.get("revision"))))
     return parsed, items

@@ -12,6 +12,10 @@ change atomically together:
                    across stories (two copies of one story at two workers are one story)
     {out}          alerts and their delivery: the outbox hands out members of all alerts at
                    once, and an alert's state changes with its outbox members
+    {w:<watchlist>}, {c:<story>}, {r:<article>}
+                   alert shaping (issue 15): a watchlist's digest window, throttle and held
+                   updates; a story's copies per feed; an article's text revisions (the
+                   "alert shaping" block at the end, rows appended to LIFETIMES)
 
 ``LIFETIMES`` below is the one table of key families: each has exactly one lifetime rule
 (docs/service.md prints it); tests/test_lifetimes.py fills Redis through every path and fails
@@ -28,7 +32,9 @@ its score ahead by a lease and writes the claimer's token to lease:{dest}, so a 
 mid-delivery only delays it; st:{dest} is pending, retrying, delivered or dead, and the alert's
 own state and next_attempt sum them up (dead once nothing is pending or retrying and one is dead).
 An alert that is delivered, dead or only recorded is removed NEWSMON_ALERT_RETENTION_DAYS after
-its last attempt (``{out}:expiry``); a pending or retrying one is kept.
+its last attempt (``{out}:expiry``); a pending or retrying one is kept, and so is one in state
+"shaping" (alert shaping has not routed it yet); one in state "digest" (it left in a
+digest.created) is finished when routed.
 """
 
 from __future__ import annotations
@@ -172,7 +178,8 @@ LIFETIMES: list[Lifetime] = [
     Lifetime("{idx}:stats", "hash", "fixed", "counters: articles, stories, duplicates"),
     Lifetime("{out}:alert:<alert>", "hash", "trim",
              "alert or feed event with its attempts: alert retention after its last attempt "
-             "once delivered, dead or recorded ({out}:expiry); pending ones are kept"),
+             "once delivered, dead or recorded, or after it went into a digest ({out}:expiry); "
+             "pending ones and those alert shaping has not routed yet are kept"),
     Lifetime("{out}:expiry", "zset", "trim", "finished alert -> removal time; left on removal"),
     Lifetime("{out}:gone", "zset", "trim", "removed alert -> when: kept 2 alert retentions"),
     Lifetime("{out}:by-time", "zset", "trim", "alert id -> created: left when the alert goes"),
@@ -434,13 +441,14 @@ return {ARGV[2], 1}
 
 # An alert record with its stream entry and outbox slot, created once (never again after it
 # aged out). KEYS: alert, by-time, outbox, stream, stats, gone.
-# ARGV: id, record JSON, created, watchlist, stream entry JSON, now ms, stream min id ms
+# ARGV: id, record JSON, created, watchlist, stream entry JSON, now ms, stream min id ms,
+#       state ("pending": into the outbox; "shaping": alert shaping routes it, see the end)
 _CREATE_ALERT = _NEXT_ID + """
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('ZSCORE', KEYS[6], ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'data', ARGV[2], 'state', 'pending', 'created', ARGV[3],
+redis.call('HSET', KEYS[1], 'data', ARGV[2], 'state', ARGV[8], 'created', ARGV[3],
            'watchlist', ARGV[4], 'attempts', 0)
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+if ARGV[8] == 'pending' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1]) end
 redis.call('XADD', KEYS[4], next_id(KEYS[4], ARGV[6]), 'alert', ARGV[5])
 redis.call('XTRIM', KEYS[4], 'MINID', ARGV[7])
 redis.call('HINCRBY', KEYS[5], 'alerts', 1)
@@ -807,9 +815,12 @@ class Store:
 
     # -- alerts --------------------------------------------------------------------------------
     def claim_alert(self, story_id: str, watchlist: str, alert_id: str, alert_json: dict[str, Any],
-                    created: float, article_id: str | None = None) -> tuple[str, bool]:
+                    created: float, article_id: str | None = None, *,
+                    shaped: bool = False) -> tuple[str, bool]:
         """Record an alert unless this watchlist already fired for this story (True: the
-        alert was created now). A retry of the article that fired it creates it if missing."""
+        alert was created now). A retry of the article that fired it creates it if missing.
+        ``shaped``: it waits in state "shaping" for ``ShapingStore.shape_alert`` instead of
+        the outbox."""
         k = self.keys
         aid, ours = self._claim_fired(
             keys=[k.art(article_id or alert_json["article"]["id"]), k.fired(story_id)],
@@ -822,7 +833,8 @@ class Store:
         made = self._create_alert(
             keys=[k.alert(aid), k.by_time, k.outbox, k.alerts, k.out_stats, k.gone],
             args=[aid, json.dumps(record), created, watchlist, json.dumps(streamed),
-                  _ms(created), _ms(created - self.alert_ttl)])
+                  _ms(created), _ms(created - self.alert_ttl),
+                  "shaping" if shaped else "pending"])
         return aid, bool(made)
 
     def alerts(self, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
@@ -865,6 +877,8 @@ class Store:
     def _alert_view(record: dict[str, str]) -> dict[str, Any]:
         data = json.loads(record["data"])
         data["state"] = record.get("state", "pending")
+        if record.get("digest"):  # alert shaping: the digest.created it left in
+            data["digest"] = record["digest"]
         data["attempts"] = json.loads(record.get("log", "[]"))
         if record.get("next_attempt"):
             data["next_attempt"] = float(record["next_attempt"])
@@ -885,6 +899,11 @@ class Store:
 
     def now(self) -> float:
         return time.time()
+
+    @cached_property
+    def shaping(self) -> ShapingStore:
+        """Digest windows, throttles, story copies and update markers (issue 15's block)."""
+        return ShapingStore(self)
 
     # -- delivery ------------------------------------------------------------------------------
     # The outbox and per-destination state of alerts; the scripts are at the end of the module.
@@ -1212,3 +1231,415 @@ class DeliveryStart:
     alert: dict[str, Any] | None = None
     watchlist: str = ""
     copies: int = 1
+
+
+# == alert shaping (issue 15) ===================================================================
+# Digest windows, throttle slots, held-back alerts and update markers per watchlist (keys
+# tagged {w:<watchlist>}), and a story's copies per outlet with its breaking candidates (keys
+# tagged {c:<story>}), so every script below touches one Redis Cluster slot. Expiry is absolute
+# (PEXPIREAT at the caller's now + retention), trims are by the caller's time. The events they
+# make are alert records ({out}:alert:<id>, the outbox, by-time: the alert family's keys).
+SHAPE_LIFETIMES: list[Lifetime] = [
+    Lifetime("{w:<watchlist>}:window", "hash", "ttl",
+             "open digest window (start, end, held_since): retention after the last beat tick"),
+    Lifetime("{w:<watchlist>}:items", "hash", "ttl",
+             "alert id -> alert of the open window: emptied when sealed; retention after the "
+             "last add"),
+    Lifetime("{w:<watchlist>}:sealed", "hash", "ttl",
+             "closed window -> its alerts: a field lives until its digest is queued; retention"),
+    Lifetime("{w:<watchlist>}:held", "hash", "ttl",
+             "alerts a throttle without digest holds: emptied when flushed; retention after "
+             "each tick"),
+    Lifetime("{w:<watchlist>}:sent", "zset", "ttl",
+             "alerts let through by the throttle: trimmed to its period; retention after the last"),
+    Lifetime("{w:<watchlist>}:recent", "zset", "ttl",
+             "alerts already routed -> when: trimmed to the retention, and expires after it"),
+    Lifetime("{w:<watchlist>}:upd", "zset", "ttl",
+             "story -> last alert.updated: trimmed to the 10-minute gap; retention after the last"),
+    Lifetime("{w:<watchlist>}:upd:held", "hash", "ttl",
+             "story -> updates held by the gap: until sent; retention after the last update"),
+    Lifetime("{w:<watchlist>}:upd:due", "zset", "ttl",
+             "story -> when its held updates may leave: until sent; retention after the last "
+             "update"),
+    Lifetime("{w:<watchlist>}:upd:seen", "zset", "ttl",
+             "update ids handled -> when: trimmed to the retention, and expires after it"),
+    Lifetime("{c:<story>}:copies", "hash", "ttl",
+             "feed -> first copy from it: retention after the story's last copy"),
+    Lifetime("{c:<story>}:breaking", "hash", "ttl",
+             "watchlist -> alert it fires at the bar: retention after the story's last copy"),
+    Lifetime("{r:<article>}:rev", "hash", "ttl",
+             "text digests of a tracked article, its corrections' dump numbers: retention "
+             "after the last correction"),
+]
+LIFETIMES += SHAPE_LIFETIMES
+
+# Shared: seal the open digest window when it has ended (or ``force``: now), then make sure a
+# window is open. Sealing moves its alerts into one "d|start|end" field of ``sealed``.
+_WINDOW_LIB = """
+local function roll(window, items, sealed, now, now_s, ws, we, force, at)
+  local s = redis.call('HGET', window, 'start')
+  local e_s = redis.call('HGET', window, 'end')
+  local e = tonumber(e_s or '0')
+  if s and (e <= now or force) then
+    local stop = e_s
+    if e > now then stop = now_s end
+    if redis.call('HLEN', items) > 0 then
+      redis.call('HSET', sealed, 'd|' .. s .. '|' .. stop,
+                 '[' .. table.concat(redis.call('HVALS', items), ',') .. ']')
+      redis.call('DEL', items)
+    end
+    if e > now then redis.call('HSET', window, 'start', now_s)
+    else redis.call('HSET', window, 'start', ws, 'end', we) end
+  elseif not s then
+    redis.call('HSET', window, 'start', ws, 'end', we)
+  end
+  redis.call('PEXPIREAT', window, at)
+  if redis.call('HLEN', sealed) > 0 then redis.call('PEXPIREAT', sealed, at) end
+end
+"""
+
+# Route one alert of a shaped watchlist, once per alert id: "send" (a throttle slot is taken),
+# "held" (the throttle is full and there is no digest) or "digest" (into the open window).
+# KEYS: window, items, sealed, recent, sent, held
+# ARGV: alert id, alert JSON, now, mode (throttle|digest|both), limit, throttle cutoff,
+#       window start, window end, recent cutoff, expire at (ms)
+_SHAPE_ALERT = _WINDOW_LIB + """
+local now, at = tonumber(ARGV[3]), ARGV[10]
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[9])
+if redis.call('ZSCORE', KEYS[4], ARGV[1]) then
+  if redis.call('ZSCORE', KEYS[5], ARGV[1]) then return 'send' end
+  return 'kept'
+end
+redis.call('ZADD', KEYS[4], now, ARGV[1])
+redis.call('PEXPIREAT', KEYS[4], at)
+local mode = ARGV[4]
+if mode ~= 'digest' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[6])
+  if redis.call('ZCARD', KEYS[5]) < tonumber(ARGV[5]) and redis.call('HLEN', KEYS[6]) == 0 then
+    redis.call('ZADD', KEYS[5], now, ARGV[1])
+    redis.call('PEXPIREAT', KEYS[5], at)
+    return 'send'
+  end
+  if mode == 'throttle' then
+    redis.call('HSET', KEYS[6], ARGV[1], ARGV[2])
+    redis.call('HSETNX', KEYS[1], 'held_since', ARGV[3])
+    redis.call('PEXPIREAT', KEYS[6], at)
+    redis.call('PEXPIREAT', KEYS[1], at)
+    return 'held'
+  end
+end
+roll(KEYS[1], KEYS[2], KEYS[3], now, ARGV[3], ARGV[7], ARGV[8], false, at)
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PEXPIREAT', KEYS[2], at)
+return 'digest'
+"""
+
+# Seal the open digest window if it has ended (force=1: whatever its end), keep one open.
+# KEYS: window, items, sealed. ARGV: now, window start, window end, force (0|1), expire at (ms)
+_SEAL_WINDOW = _WINDOW_LIB + """
+roll(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1',
+     ARGV[5])
+if redis.call('HLEN', KEYS[2]) > 0 then redis.call('PEXPIREAT', KEYS[2], ARGV[5]) end
+return redis.call('HLEN', KEYS[3])
+"""
+
+# Seal the alerts the throttle held back into one "h|since|now" field, once the throttle has
+# room again; the digest takes one throttle slot. KEYS: window, sent, held, sealed
+# ARGV: now, limit, throttle cutoff, expire at (ms). Returns 1 if it sealed them.
+_FLUSH_HELD = """
+if redis.call('HLEN', KEYS[3]) == 0 then return 0 end
+redis.call('PEXPIREAT', KEYS[3], ARGV[4])
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 0 end
+local since = redis.call('HGET', KEYS[1], 'held_since') or ARGV[1]
+local member = 'h|' .. since .. '|' .. ARGV[1]
+redis.call('HSET', KEYS[4], member, '[' .. table.concat(redis.call('HVALS', KEYS[3]), ',') .. ']')
+redis.call('DEL', KEYS[3])
+redis.call('HDEL', KEYS[1], 'held_since')
+redis.call('ZADD', KEYS[2], ARGV[1], member)
+redis.call('PEXPIREAT', KEYS[2], ARGV[4])
+redis.call('PEXPIREAT', KEYS[4], ARGV[4])
+return 1
+"""
+
+# An alert.updated for (story, watchlist), once per update id: "send" when none left in the
+# last gap (with the updates held so far, to merge), else "held" until the gap has passed.
+# KEYS: upd, upd:held, upd:due, upd:seen
+# ARGV: story, update id, update JSON, now, gap, seen cutoff, expire at (ms)
+_CLAIM_UPDATE = """
+local story, uid, now, gap, at = ARGV[1], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5]),
+                                  ARGV[7]
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[6])
+if redis.call('ZSCORE', KEYS[4], 'send:' .. uid) then
+  return {'send', redis.call('HGET', KEYS[2], story) or ''}
+end
+if redis.call('ZSCORE', KEYS[4], 'held:' .. uid) then return {'held', ''} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - gap)
+local last = redis.call('ZSCORE', KEYS[1], story)
+for _, k in ipairs(KEYS) do redis.call('PEXPIREAT', k, at) end
+if not last then
+  redis.call('ZADD', KEYS[1], now, story)
+  redis.call('ZADD', KEYS[4], now, 'send:' .. uid)
+  redis.call('PEXPIREAT', KEYS[1], at)
+  redis.call('PEXPIREAT', KEYS[4], at)
+  return {'send', redis.call('HGET', KEYS[2], story) or ''}
+end
+local held = redis.call('HGET', KEYS[2], story)
+if held then held = string.sub(held, 1, -2) .. ',' .. ARGV[3] .. ']'
+else held = '[' .. ARGV[3] .. ']' end
+redis.call('HSET', KEYS[2], story, held)
+redis.call('ZADD', KEYS[3], tonumber(last) + gap, story)
+redis.call('ZADD', KEYS[4], now, 'held:' .. uid)
+for _, k in ipairs(KEYS) do redis.call('PEXPIREAT', k, at) end
+return {'held', ''}
+"""
+
+# Take a story's held updates for sending when its gap has passed: its slot is marked used
+# now (a concurrent update is held), the updates stay until committed. KEYS: upd, upd:held,
+# upd:due. ARGV: story, now, gap. Returns the held JSON array, or "" (not due or none held).
+_TAKE_UPDATES = """
+local story, now, gap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local held = redis.call('HGET', KEYS[2], story)
+if not held then
+  redis.call('ZREM', KEYS[3], story)
+  return ''
+end
+local last = redis.call('ZSCORE', KEYS[1], story)
+if last and now - tonumber(last) < gap then
+  redis.call('ZADD', KEYS[3], tonumber(last) + gap, story)
+  return ''
+end
+redis.call('ZADD', KEYS[1], now, story)
+return held
+"""
+
+# Forget the held updates that went out (the JSON array read before sending): those appended
+# since stay held. KEYS: upd:held, upd:due. ARGV: story, the array as read.
+_COMMIT_UPDATES = """
+local story, sent = ARGV[1], ARGV[2]
+if sent == '' then return 0 end
+local held = redis.call('HGET', KEYS[1], story)
+if not held then return 0 end
+if held == sent then
+  redis.call('HDEL', KEYS[1], story)
+  redis.call('ZREM', KEYS[2], story)
+elseif string.sub(held, 1, #sent - 1) == string.sub(sent, 1, -2) then
+  redis.call('HSET', KEYS[1], story, '[' .. string.sub(held, #sent + 1))
+end
+return 1
+"""
+
+# Record a story's copy from one feed (the first from each feed counts) and the alerts its
+# watchlists with a breaking bar would fire; return every copy and candidate.
+# KEYS: copies, breaking. ARGV: feed, copy JSON, expire at (ms), watchlist, candidate JSON, ...
+_RECORD_COPY = """
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+for i = 4, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIREAT', KEYS[2], ARGV[3]) end
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+"""
+
+# An event made by shaping (digest.created, alert.updated) into the outbox, once per id (never
+# again after it aged out). KEYS: alert, outbox, by-time, gone.
+# ARGV: id, record JSON, created, watchlist
+_ADD_SHAPED = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('ZSCORE', KEYS[4], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'data', ARGV[2], 'state', 'pending', 'created', ARGV[3],
+           'watchlist', ARGV[4], 'attempts', 0)
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+return 1
+"""
+
+# Where a routed alert goes: "send" queues it in the outbox, anything else marks it as
+# leaving in a digest, which finishes it (the alert retention runs from now, as for a delivered
+# one). Only an alert still being shaped changes. KEYS: alert, outbox, expiry
+# ARGV: id, verdict, now, alert retention (s)
+_SET_ROUTE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'shaping' then return 0 end
+if ARGV[2] == 'send' then
+  redis.call('HSET', KEYS[1], 'state', 'pending')
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], 'state', 'digest')
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
+end
+return 1
+"""
+
+
+def _tag(name: str) -> str:
+    """A watchlist name as a hash tag: as it is, unless braces would break the tag."""
+    if name and "{" not in name and "}" not in name:
+        return name
+    return "h" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+class ShapingStore:
+    """The state of alert shaping (see the table above); ``Store.shaping`` gives it."""
+
+    def __init__(self, store: Store):
+        self.r, self.p, self.ttl = store.r, store.p, store.ttl
+        self.keys, self.alert_ttl = store.keys, store.alert_ttl
+        self._scripts = {name: self.r.register_script(text) for name, text in (
+            ("shape", _SHAPE_ALERT), ("seal", _SEAL_WINDOW), ("flush", _FLUSH_HELD),
+            ("update", _CLAIM_UPDATE), ("take", _TAKE_UPDATES), ("commit", _COMMIT_UPDATES),
+            ("copy", _RECORD_COPY), ("add", _ADD_SHAPED), ("route", _SET_ROUTE))}
+
+    def _until(self, now: float) -> int:
+        """Expiry as an absolute time (ms): the retention after ``now``, the caller's clock."""
+        return int((now + self.ttl) * 1000)
+
+    def _wl(self, watchlist: str, *suffixes: str) -> list[str]:
+        return [f"{self.p}{{w:{_tag(watchlist)}}}:{s}" for s in suffixes]
+
+    # -- routing alerts ------------------------------------------------------------------------
+    def shape_alert(self, watchlist: str, alert_id: str, alert_json: dict[str, Any], now: float,
+                    mode: str, limit: int, cutoff: float, window: tuple[float, float]) -> str:
+        """Route an alert of a watchlist with a digest and/or throttle: send | held | digest
+        (kept: routed before, not sent)."""
+        return str(self._scripts["shape"](
+            keys=self._wl(watchlist, "window", "items", "sealed", "recent", "sent", "held"),
+            args=[alert_id, json.dumps(alert_json), repr(now), mode, limit, repr(cutoff),
+                  repr(window[0]), repr(window[1]), repr(now - self.ttl), self._until(now)]))
+
+    def set_route(self, alert_id: str, verdict: str, now: float) -> None:
+        k = self.keys
+        self._scripts["route"](keys=[k.alert(alert_id), k.outbox, k.expiry],
+                               args=[alert_id, verdict, repr(now), repr(self.alert_ttl)])
+
+    # -- digests -------------------------------------------------------------------------------
+    def seal_window(self, watchlist: str, now: float, window: tuple[float, float],
+                    force: bool = False) -> int:
+        """Seal the watchlist's digest window if it has ended (``force``: now); returns how
+        many sealed digests wait to be queued."""
+        return int(self._scripts["seal"](
+            keys=self._wl(watchlist, "window", "items", "sealed"),
+            args=[repr(now), repr(window[0]), repr(window[1]), int(force), self._until(now)]))
+
+    def flush_held(self, watchlist: str, now: float, limit: int, cutoff: float) -> bool:
+        """Seal what the throttle held back, if it has room again."""
+        return bool(self._scripts["flush"](
+            keys=self._wl(watchlist, "window", "sent", "held", "sealed"),
+            args=[repr(now), limit, repr(cutoff), self._until(now)]))
+
+    def sealed(self, watchlist: str) -> list[tuple[str, float, float, list[dict[str, Any]]]]:
+        """The sealed digests waiting to be queued: (field, start, end, alerts)."""
+        out = []
+        for field, items in self.r.hgetall(self._wl(watchlist, "sealed")[0]).items():
+            _, start, end = field.split("|")
+            out.append((field, float(start), float(end), json.loads(items)))
+        return sorted(out, key=lambda s: s[1])
+
+    def mark_digested(self, alert_ids: list[str], digest_id: str) -> None:
+        """Note on each alert the digest it leaves in (for ``alerts show``)."""
+        pipe = self.r.pipeline(transaction=False)
+        for aid in alert_ids:
+            pipe.hset(self.keys.alert(aid), "digest", digest_id)
+        pipe.execute()
+
+    def drop_sealed(self, watchlist: str, field: str) -> None:
+        self.r.hdel(self._wl(watchlist, "sealed")[0], field)
+
+    def pending_counts(self, watchlist: str) -> dict[str, int]:
+        """Alerts waiting in the open window, held back by the throttle, and sealed digests."""
+        pipe = self.r.pipeline()
+        for key in self._wl(watchlist, "items", "held", "sealed"):
+            pipe.hlen(key)
+        items, held, sealed = pipe.execute()
+        return {"window": items, "held": held, "sealed": sealed}
+
+    def add_event(self, record: dict[str, Any], now: float) -> bool:
+        """Queue a digest.created or alert.updated (False: queued before, by its id)."""
+        aid, k = record["id"], self.keys
+        return bool(self._scripts["add"](
+            keys=[k.alert(aid), k.outbox, k.by_time, k.gone],
+            args=[aid, json.dumps(record, ensure_ascii=False), repr(now), record["watchlist"]]))
+
+    # -- stories: copies, breaking candidates, updates -----------------------------------------
+    def record_copy(self, story: str, feed: str, copy: dict[str, Any],
+                    candidates: dict[str, dict[str, Any]], now: float
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """Record a copy (the first from each feed counts) and breaking candidates; returns
+        every copy by feed and every candidate by watchlist."""
+        args: list[Any] = [feed, json.dumps(copy), self._until(now)]
+        for watchlist, alert in candidates.items():
+            args += [watchlist, json.dumps(alert)]
+        copies, cands = self._scripts["copy"](
+            keys=[f"{self.p}{{c:{story}}}:copies", f"{self.p}{{c:{story}}}:breaking"], args=args)
+        return ({copies[i]: json.loads(copies[i + 1]) for i in range(0, len(copies), 2)},
+                {cands[i]: json.loads(cands[i + 1]) for i in range(0, len(cands), 2)})
+
+    def outlets(self, story: str) -> int:
+        """How many distinct feeds carried the story (as far as copies were recorded)."""
+        return int(self.r.hlen(f"{self.p}{{c:{story}}}:copies"))
+
+    def fired_alert(self, story: str, watchlist: str) -> tuple[str, float] | None:
+        """The alert a watchlist fired for a story and when it was made, if it did."""
+        aid = self.r.hget(self.keys.fired(story), watchlist)
+        created = self.r.hget(self.keys.alert(aid), "created") if aid else None
+        return (aid, float(created)) if aid and created else None
+
+    def claim_update(self, watchlist: str, story: str, update: dict[str, Any], now: float,
+                     gap: float) -> tuple[str, str]:
+        """send (with the JSON array of updates held so far, "" for none: merge them in, then
+        ``commit_updates`` that array) or held."""
+        verdict, held = self._scripts["update"](
+            keys=self._wl(watchlist, "upd", "upd:held", "upd:due", "upd:seen"),
+            args=[story, update["id"], json.dumps(update, ensure_ascii=False), repr(now), gap,
+                  repr(now - self.ttl), self._until(now)])
+        return str(verdict), str(held)
+
+    def due_updates(self, watchlist: str, now: float) -> list[str]:
+        return self.r.zrangebyscore(self._wl(watchlist, "upd:due")[0], "-inf", now)
+
+    def take_updates(self, watchlist: str, story: str, now: float, gap: float) -> str:
+        return str(self._scripts["take"](keys=self._wl(watchlist, "upd", "upd:held", "upd:due"),
+                                         args=[story, repr(now), gap]))
+
+    def commit_updates(self, watchlist: str, story: str, sent: str) -> None:
+        self._scripts["commit"](keys=self._wl(watchlist, "upd:held", "upd:due"),
+                                args=[story, sent])
+
+    # -- corrections ---------------------------------------------------------------------------
+    def revisions(self, article_ids: list[str]) -> dict[str, str]:
+        """The text revision recorded for each of these articles (only tracked ones)."""
+        pipe = self.r.pipeline()
+        for aid in article_ids:
+            pipe.hget(f"{self.p}{{r:{aid}}}:rev", "rev")
+        return {a: rev for a, rev in zip(article_ids, pipe.execute(), strict=True) if rev}
+
+    def revision(self, article_id: str) -> dict[str, str]:
+        return self.r.hgetall(f"{self.p}{{r:{article_id}}}:rev")
+
+    def track_revision(self, article_id: str, fields: dict[str, str], now: float, *,
+                       only_new: bool) -> None:
+        """Remember an article's text (``only_new``: unless it is tracked already)."""
+        key = f"{self.p}{{r:{article_id}}}:rev"
+        if only_new and self.r.exists(key):
+            return
+        pipe = self.r.pipeline()
+        pipe.hset(key, mapping=fields)
+        pipe.pexpireat(key, self._until(now))
+        pipe.execute()
+
+    def revision_seq(self, article_id: str, rev: str, day: str, now: float,
+                     taken: int | None = None) -> int:
+        """The dump sequence number of a correction, the same on every retry (``taken``: that
+        number is another file's, take a new one). A number taken by a worker that died before
+        recording it is skipped, never given twice."""
+        key, field = f"{self.p}{{r:{article_id}}}:rev", f"seq:{rev}"
+        known = self.r.hget(key, field)
+        if known is not None and taken is None:
+            return int(known)
+        pipe = self.r.pipeline()                          # as _CLAIM_SEQ: the first file is 000
+        pipe.incr(self.keys.seq(day))
+        pipe.pexpireat(self.keys.seq(day), self._until(now))
+        seq = pipe.execute()[0] - 1
+        if taken is not None:
+            self.r.hset(key, field, seq)
+            return seq
+        self.r.hsetnx(key, field, seq)
+        return int(self.r.hget(key, field))

@@ -128,6 +128,15 @@ def deliver_due() -> None:
     service().store.forget_alerts(time.time())  # finished alerts past their retention
 
 
+@app.task(base=NewsmonTask, name="newsmon.shape_due")
+def shape_due() -> None:
+    """Queue and send ended digests, flushed throttles and due updates (safe to run twice or
+    at once: sealing is one script per watchlist, each event has a deterministic id)."""
+    events = service().close_shaping(time.time())
+    if events:
+        send_deliveries(service().claim_deliveries(time.time(), events))
+
+
 @app.task(base=NewsmonTask, name="newsmon.deliver")
 def deliver(member: str, token: str, watchlist: str) -> None:
     tag(alert=member.partition("|")[0], watchlist=watchlist)
