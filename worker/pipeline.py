@@ -177,7 +177,7 @@ def full_text(feed: FeedConfig, entry: FeedEntry, fetcher: Fetcher) -> PageText 
     if not entry.link or not needs_full_text(feed.full_text, html_to_paragraphs(entry.content_html)):
         return None
     try:
-        page = fetcher.get(entry.link, accept="text/html,application/xhtml+xml")
+        page = fetcher.get(entry.link, accept="text/html,application/xhtml+xml", kind="page")
     except FetchError as exc:
         log.info("feed=%s full-text fetch failed url=%s reason=%s", feed.name, entry.link,
                  exc.reason, extra={"feed": feed.name})

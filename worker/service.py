@@ -60,7 +60,8 @@ class Service:
 
     @cached_property
     def fetcher(self) -> Fetcher:
-        return Fetcher(self.settings.allow_networks)
+        """Feeds and article pages; connections per host are counted across every worker."""
+        return Fetcher(self.settings.allow_networks, leases=self.store.hosts)
 
     def config(self) -> Config:
         config = self.watcher.current()

@@ -25,6 +25,15 @@ Keys (prefix ``newsmon:``):
     articles             stream  one JSON entry per new story's article (bounded)
     alerts               stream  one JSON entry per alert (bounded)
 
+Scale-out keys (the block at the end of this module), each with its lifetime:
+    host:{h}             zset    connection leases to host h: "feed:"/"page:" + token -> lease
+                                 end. Lifetime: expires with its longest lease (PEXPIRE at each
+                                 grant), expired members trimmed by every grant.
+    {config}:versions    zset    configuration hash -> version (its files' newest mtime).
+                                 Lifetime: trimmed with {config}:held.
+    {config}:held        zset    configuration hash -> when a process last said it runs it.
+                                 Lifetime: trimmed by time (members older than the hold, 10 min).
+
 Delivery: an alert enters the outbox as its bare id. Whoever claims it first lists its
 destinations ("webhook:{name}", "notify:{scheme}:{digest}") and replaces it by one member
 "alert id|dest" each, or marks the alert "recorded" when it has none. Claiming a member moves
@@ -196,6 +205,8 @@ class Store:
         self._claim_seq = client.register_script(_CLAIM_SEQ)
         self._claim_alert = client.register_script(_CLAIM_ALERT)
         self._add_event = client.register_script(_ADD_EVENT)
+        self.hosts = HostLeases(client, prefix)          # scale-out block, end of module
+        self.versions = ConfigVersions(client, prefix)
 
     @classmethod
     def from_url(cls, url: str, retention_days: float = 30.0) -> Store:
@@ -663,3 +674,104 @@ class DeliveryStart:
     alert: dict[str, Any] | None = None
     watchlist: str = ""
     copies: int = 1
+
+
+# -- scale-out: politeness across workers, configuration versions --------------------------------
+# Each script touches one key family of one hash tag (one host, or the configuration), so it
+# runs unchanged on Redis Cluster.
+
+# Grant a connection lease to one host unless it has ``total`` live leases already, or ``kind``
+# has its own budget and ``budget`` of them. Times are the server's, so workers' clocks need not
+# agree. KEYS: host:{h}. ARGV: seconds, member ("kind:token"), total, kind budget (0: none),
+# kind. Returns 1 when granted.
+_GRANT_HOST = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local ends = now + tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #held >= tonumber(ARGV[3]) then return 0 end
+local budget = tonumber(ARGV[4])
+if budget > 0 then
+  local mine, prefix = 0, ARGV[5] .. ':'
+  for _, m in ipairs(held) do
+    if string.sub(m, 1, #prefix) == prefix then mine = mine + 1 end
+  end
+  if mine >= budget then return 0 end
+end
+redis.call('ZADD', KEYS[1], ends, ARGV[2])
+local ttl = math.ceil((ends - now) * 1000)
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+# Say that a process runs configuration ``hash`` of version ``version`` and return the newest
+# version any live process runs. KEYS: {config}:versions, {config}:held. ARGV: hash, version,
+# now, hold (seconds a report stays live). Returns {hash, version} of the newest.
+_PUBLISH_CONFIG = """
+local now, hold = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - hold)) do
+  redis.call('ZREM', KEYS[2], gone)
+  redis.call('ZREM', KEYS[1], gone)
+end
+local newest = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {newest[1], newest[2]}
+"""
+
+
+class HostLeases:
+    """At most ``total`` connections to one host at a time, from every worker together.
+
+    A lease ends by itself (its holder may die), so its length is the request's deadline."""
+
+    def __init__(self, client: redis.Redis, prefix: str = PREFIX):
+        self.r = client
+        self.p = prefix
+        self._grant = client.register_script(_GRANT_HOST)
+
+    def key(self, host: str) -> str:
+        return f"{self.p}host:{{{host}}}"
+
+    def acquire(self, host: str, kind: str, token: str, seconds: float, total: int,
+                budget: int = 0) -> bool:
+        """Take one of ``host``'s ``total`` slots for ``seconds`` (``budget``: at most that many
+        for this ``kind``); False when none is free now."""
+        return bool(self._grant(keys=[self.key(host)], args=[
+            seconds, f"{kind}:{token}", total, budget, kind]))
+
+    def release(self, host: str, kind: str, token: str) -> None:
+        self.r.zrem(self.key(host), f"{kind}:{token}")
+
+    def held(self, host: str) -> int:
+        """Live leases on ``host`` now."""
+        seconds, micros = self.r.time()
+        return int(self.r.zcount(self.key(host), f"({seconds + micros / 1e6}", "+inf"))
+
+
+@dataclass(frozen=True)
+class ConfigVersion:
+    """A configuration as processes report it: its content hash and its version (the newest
+    modification time of its files, so the order does not depend on when a process started)."""
+
+    digest: str
+    version: float
+
+
+CONFIG_HOLD = 600.0  # a version no process has reported for this long no longer counts
+
+
+class ConfigVersions:
+    """Which configuration is the newest that any live process runs."""
+
+    def __init__(self, client: redis.Redis, prefix: str = PREFIX):
+        self.r = client
+        self.keys = [f"{prefix}{{config}}:versions", f"{prefix}{{config}}:held"]
+        self._publish = client.register_script(_PUBLISH_CONFIG)
+
+    def publish(self, mine: ConfigVersion, now: float, hold: float = CONFIG_HOLD) -> ConfigVersion:
+        """Report ``mine`` as running here; returns the newest version reported live."""
+        digest, version = self._publish(keys=self.keys,
+                                        args=[mine.digest, mine.version, now, hold])
+        return ConfigVersion(digest, float(version))
