@@ -5,6 +5,7 @@ Errors name the file, the key path (``watchlists[2].entities[0].aliases``) and w
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -272,6 +273,19 @@ def _merge(parts: list[tuple[str, Config]], problems: list[str]) -> Config:
                   failing_after=failing_after)
 
 
+def files_version(files: tuple[str, ...]) -> tuple[str, float]:
+    """A configuration's identity across processes: a digest of its files' names and bytes,
+    and its version, the newest modification time among them (when it was written, not when
+    a process read it). Secrets from the environment are not part of it."""
+    digest = hashlib.sha256()
+    newest = 0.0
+    for name in sorted(files):
+        path = Path(name)
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        newest = max(newest, path.stat().st_mtime)
+    return digest.hexdigest()[:16], newest
+
+
 class ConfigWatcher:
     """The folder's configuration, reloaded when a file changes; an invalid change keeps the
     last good configuration and logs the error (the first load must succeed)."""
@@ -282,6 +296,7 @@ class ConfigWatcher:
         self._signature: tuple[Any, ...] | None = None
         self._good: LoadedConfig | None = None
         self.error: ConfigError | None = None
+        self.version: tuple[str, float] = ("", 0.0)  # files_version of the good configuration
 
     def _stat(self) -> tuple[Any, ...]:
         try:
@@ -298,6 +313,7 @@ class ConfigWatcher:
         # asking meanwhile loads them too rather than getting the old configuration.
         try:
             self._good = load_config(self.folder, self.env)
+            self.version = files_version(self._good.files)
             self.error = None
         except ConfigError as exc:
             if self._good is None:

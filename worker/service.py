@@ -37,11 +37,12 @@ from worker.match import Matcher, compile_watchlists
 from worker.models import FeedEntry, ParsedFeed
 from worker.normalize import PageText
 from worker.pipeline import Fresh, Submit, poll_feed, process_entries
-from worker.schedule import CLAIM_LEASE
+from worker.schedule import CLAIM_LEASE, fetch_decision
 from worker.settings import Settings
-from worker.store import DeliveryClaim, Store
+from worker.store import ConfigVersion, DeliveryClaim, Store
 
 log = logging.getLogger("newsmon.service")
+REPORT_EVERY = 15.0  # seconds between reports of the configuration a process runs
 
 
 class Service:
@@ -53,6 +54,8 @@ class Service:
         self.watcher = ConfigWatcher(settings.config_dir)
         self._matcher: tuple[int, Matcher] | None = None
         self._secrets_of: Config | None = None
+        self._reported: tuple[str, float] | None = None   # digest reported, when
+        self._newest = ConfigVersion("", 0.0)
 
     @cached_property
     def store(self) -> Store:
@@ -80,12 +83,47 @@ class Service:
         return next((f for f in self.config().feeds if f.name == name), None)
 
     def due_feeds(self, now: float) -> list[FeedConfig]:
-        """One beat tick: follow the configuration, then hand out each due feed once."""
+        """One beat tick: follow the configuration, then hand out each due feed once. Only a
+        process that runs the newest configuration acts, so a rollout never makes feeds flap."""
         config = self.config()
-        self.store.sync_feeds([f.name for f in config.feeds], now)
         self.store.mark_beat(now)
+        if not self.runs_newest_config(now, report=True):
+            log.info("tick left to a newer configuration: this process runs %s, the newest is %s",
+                     self.watcher.version[0], self._newest.digest)
+            return []
+        self.store.sync_feeds([f.name for f in config.feeds], now)
         feeds = {f.name: f for f in config.feeds}
         return [feeds[name] for name, _ in self.store.claim_due(now, CLAIM_LEASE) if name in feeds]
+
+    # -- configuration versions across processes -----------------------------------------------
+    def config_digest(self) -> str:
+        """The digest of the configuration this process runs (fetch tasks carry the tick's)."""
+        self.config()
+        return self.watcher.version[0]
+
+    def runs_newest_config(self, now: float, report: bool = False) -> bool:
+        """Whether this process runs the newest configuration any live process reported. It
+        reports its own at least every REPORT_EVERY seconds (``report``: now)."""
+        self.config()
+        mine = ConfigVersion(*self.watcher.version)
+        stale = self._reported is None or self._reported[0] != mine.digest or (
+            now - self._reported[1] > REPORT_EVERY)
+        if report or stale:
+            self._newest = self.store.versions.publish(mine, now)
+            self._reported = (mine.digest, now)
+        return self._newest.digest == mine.digest
+
+    def feed_to_fetch(self, name: str, digest: str | None, now: float) -> FeedConfig | None:
+        """The feed a fetch task handed out by a tick (with that tick's configuration digest)
+        should poll, or None; a process behind the newest configuration gives it back."""
+        feed = self.feed(name)
+        same = digest is None or digest == self.config_digest()
+        decision = fetch_decision(feed is not None, same, same or self.runs_newest_config(now))
+        if decision == "give back":
+            log.info("feed=%s given back: handed out with configuration %s, this process runs %s",
+                     name, digest, self.config_digest(), extra={"feed": name})
+            self.store.set_due(name, now)
+        return feed if decision == "fetch" else None
 
     def poll(self, feed: FeedConfig, submit: Submit) -> dict[str, Any]:
         return poll_feed(feed, self.store, self.fetcher, time.time(), submit)

@@ -35,8 +35,10 @@ class NewsmonTask(Task):
 
 @app.task(base=NewsmonTask, name="newsmon.tick")
 def tick() -> None:
-    for feed in service().due_feeds(time.time()):
-        fetch.delay(feed.name)
+    feeds = service().due_feeds(time.time())
+    digest = service().config_digest()
+    for feed in feeds:
+        fetch.delay(feed.name, digest)
 
 
 @app.task(base=NewsmonTask, name="newsmon.heartbeat")
@@ -46,10 +48,10 @@ def heartbeat() -> None:
 
 
 @app.task(base=NewsmonTask, name="newsmon.fetch")
-def fetch(feed_name: str) -> None:
+def fetch(feed_name: str, config_digest: str | None = None) -> None:
     tag(feed=feed_name)
-    feed = service().feed(feed_name)
-    if feed is not None:  # removed from the configuration meanwhile
+    feed = service().feed_to_fetch(feed_name, config_digest, time.time())
+    if feed is not None:  # None: removed from the configuration, or given back (a rollout)
         service().poll(feed, submit_to_queue)
 
 
