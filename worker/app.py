@@ -81,6 +81,15 @@ def _worker_init(**_: object) -> None:
     init_sentry("worker")
 
 
+@signals.worker_process_init.connect
+def _prefork_child(**_: object) -> None:
+    """A prefork pool child: Celery's time limits end a stuck task here, so parsing runs in
+    the task itself (elsewhere it runs in a child process with a deadline)."""
+    from worker import service
+
+    service.ISOLATE_PARSE = False
+
+
 @signals.beat_init.connect
 def _beat_init(**_: object) -> None:
     from worker.sentry import init_sentry

@@ -48,9 +48,13 @@ class Fresh:
 Submit = Callable[[FeedConfig, ParsedFeed, list[Fresh]], None]
 
 
+Parse = Callable[[bytes, str | None], ParsedFeed]
+
+
 def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
-              submit: Submit) -> dict[str, Any]:
+              submit: Submit, parse: Parse = parse_feed) -> dict[str, Any]:
     """Fetch one feed and hand its new entries to ``submit``; record the outcome on the feed.
+    ``parse`` is ``parse_feed`` or a bounded stand-in for it (see Service.parse).
 
     Entries are submitted before the feed's ETag is saved, so a crash in between means a
     refetch, never a lost entry."""
@@ -68,7 +72,7 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
             outcome.update(outcome="not modified", failures=0, error="", last_ok=now)
             log.info("feed=%s outcome=not-modified status=304", feed.name, extra=ids)
             return record_poll(feed, store, state, outcome, now, next_due_after_success(now, feed.every))
-        parsed = parse_feed(result.content, result.content_type)
+        parsed = parse(result.content, result.content_type)
     except (FetchError, NotAFeedError) as exc:
         reason = exc.reason if isinstance(exc, FetchError) else str(exc)
         retry_after = exc.retry_after if isinstance(exc, FetchError) else None

@@ -4,6 +4,7 @@ and its compiled watchlists. Tasks and ``newsmon run --once`` share it; it decid
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections import Counter
@@ -31,17 +32,23 @@ from worker.deliver import (
     ping_webhook,
     remember_secrets,
 )
-from worker.errors import ConfigError
+from worker.errors import ConfigError, NotAFeedError
 from worker.fetch import Fetcher, parse_networks
+from worker.isolate import Isolated, StepTimeout
 from worker.match import Matcher, compile_watchlists
 from worker.models import FeedEntry, ParsedFeed
 from worker.normalize import PageText
+from worker.parse import parse_feed
 from worker.pipeline import Fresh, Submit, poll_feed, process_entries
 from worker.schedule import CLAIM_LEASE, fetch_decision
 from worker.settings import Settings
 from worker.store import ConfigVersion, DeliveryClaim, Store
 
 log = logging.getLogger("newsmon.service")
+PARSE_DEADLINE = 20.0  # seconds; a 15 MiB feed parses in about 5 s on one core
+PARSE_PROCESSES = max(1, os.cpu_count() or 1)  # parsing is CPU: one child per core
+# False in a Celery prefork child, where the task time limits already end a stuck parse.
+ISOLATE_PARSE = True
 REPORT_EVERY = 15.0  # seconds between reports of the configuration a process runs
 
 
@@ -126,7 +133,22 @@ class Service:
         return feed if decision == "fetch" else None
 
     def poll(self, feed: FeedConfig, submit: Submit) -> dict[str, Any]:
-        return poll_feed(feed, self.store, self.fetcher, time.time(), submit)
+        return poll_feed(feed, self.store, self.fetcher, time.time(), submit, self.parse)
+
+    # -- parsing within a deadline -------------------------------------------------------------
+    @cached_property
+    def isolated(self) -> Isolated:
+        return Isolated(PARSE_PROCESSES)
+
+    def parse(self, data: bytes, content_type: str | None) -> ParsedFeed:
+        """``parse_feed`` within PARSE_DEADLINE: in a child process that is killed past it,
+        unless Celery's own time limits bound this process (a prefork pool child)."""
+        if not ISOLATE_PARSE:
+            return parse_feed(data, content_type)
+        try:
+            return self.isolated.call(parse_feed, data, content_type, deadline=PARSE_DEADLINE)
+        except StepTimeout as exc:
+            raise NotAFeedError(f"parsing {exc}") from None
 
     def process(self, feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh]) -> list[str]:
         return process_entries(feed, parsed, items, self.store, self.matcher(),
