@@ -189,11 +189,17 @@ def check(config: str | None) -> None:
 @click.option("--config", type=click.Path(), default=None, help="Configuration folder.")
 @click.option("--once", is_flag=True, help="Poll every feed once, process everything, exit.")
 @click.option("--concurrency", type=int, default=16, show_default=True,
-              help="Worker threads (fetching is network-bound).")
+              help="Fetch threads (fetching waits on the network).")
+@click.option("--processes", type=int, default=None,
+              help="Processes for the CPU work (normalize, dedupe, match)  [default: cores]")
+@click.option("--deliver-concurrency", type=int, default=8, show_default=True,
+              help="Delivery threads (webhooks and notifications).")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="With --once: seconds to wait for the new alerts' deliveries.")
-def run(config: str | None, once: bool, concurrency: int, timeout: float) -> None:
-    """Run the worker and the scheduler together (or one pass with --once)."""
+def run(config: str | None, once: bool, concurrency: int, processes: int | None,
+        deliver_concurrency: int, timeout: float) -> None:
+    """Run the workers and the scheduler together (or one pass with --once): one pool per kind
+    of work (schedule, fetch, process, deliver), see docs/scaling.md."""
     settings = _settings(config)
     _setup_logging(settings)
     _load(settings)
@@ -211,7 +217,8 @@ def run(config: str | None, once: bool, concurrency: int, timeout: float) -> Non
                        f"{summary['new_items']} new items, {len(summary['alerts'])} alerts"
                        + _delivery_summary(summary["deliveries"]))
             return
-        sys.exit(_run_celery(settings, url, concurrency))
+        sys.exit(_run_celery(settings, url, {"fetch": concurrency, "deliver": deliver_concurrency,
+                                             **({"process": processes} if processes else {})}))
 
 
 def _delivery_summary(states: dict[str, int]) -> str:
@@ -224,34 +231,53 @@ def _delivery_summary(states: dict[str, int]) -> str:
         "; the rest stay in the outbox for the next run" if left else "")
 
 
-def _run_celery(settings: Settings, url: str, concurrency: int) -> int:
-    """Worker with embedded beat as a child; SIGTERM stops it within SHUTDOWN_GRACE seconds."""
+def _run_celery(settings: Settings, url: str, sizes: dict[str, int]) -> int:
+    """One Celery worker per pool (see worker/layout.py), the beat inside the schedule
+    worker; SIGTERM stops them within SHUTDOWN_GRACE seconds. If one of them dies, the others
+    are stopped too and its exit code is returned (a supervisor restarts the whole)."""
+    from worker.layout import POOLS, worker_argv
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "REDIS_URL": url, "NEWSMON_CONFIG": str(settings.config_dir)}
-    cmd = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--beat",
-           "--queues", "schedule,fetch,process,deliver", "--pool", "threads",
-           "--concurrency", str(concurrency), "--loglevel", "INFO",
-           "--schedule", str(settings.data_dir / "celerybeat-schedule")]
-    if settings.log_format == "json":
-        cmd.insert(3, "--quiet")  # no start-up banner: every line is JSON
-    child = subprocess.Popen(cmd, env=env)
-    stopping = []
+    if settings.metrics_port is not None:  # one folder for every pool: one port serves them all
+        shared = settings.data_dir / "metrics" / f"run-{os.getpid()}"
+        shared.mkdir(parents=True, exist_ok=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(shared)
+    children = []
+    for pool in POOLS:
+        schedule = str(settings.data_dir / "celerybeat-schedule") if pool.queue == "schedule" else None
+        argv = worker_argv(pool, sizes.get(pool.queue), beat_schedule=schedule,
+                           quiet=settings.log_format == "json")  # JSON: no start-up banner
+        own = dict(env)
+        if pool.queue != "schedule":
+            own.pop("NEWSMON_METRICS_PORT", None)
+        children.append(subprocess.Popen([sys.executable, "-m", "celery", *argv], env=own))
+    stopping: list[float] = []
 
     def stop(signum: int, _frame: Any) -> None:
-        stopping.append(time.monotonic())
-        child.send_signal(signal.SIGTERM)
+        if not stopping:
+            stopping.append(time.monotonic())
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    while True:
-        try:
-            code = child.wait(timeout=0.5)
-            return 0 if stopping else code
-        except subprocess.TimeoutExpired:
-            if stopping and time.monotonic() - stopping[0] > SHUTDOWN_GRACE:
-                log.warning("tasks still running after %ss: stopping them (they run again later)",
-                            SHUTDOWN_GRACE)
-                child.kill()
+    failed: int | None = None
+    while any(child.poll() is None for child in children):
+        ended = [child.returncode for child in children if child.returncode is not None]
+        if ended and not stopping:
+            failed = ended[0]
+            log.error("a worker pool exited (code %s): stopping the others", failed)
+            stop(signal.SIGTERM, None)
+        if stopping and time.monotonic() - stopping[0] > SHUTDOWN_GRACE:
+            log.warning("tasks still running after %ss: stopping them (they run again later)",
+                        SHUTDOWN_GRACE)
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+        time.sleep(0.5)
+    return failed if failed is not None else 0
 
 
 # -- views ------------------------------------------------------------------------------------
@@ -546,7 +572,7 @@ def bench(quick: bool, only: tuple[str, ...]) -> None:
 @click.option("--component", type=click.Choice(["all", "worker", "beat"]), default="all",
               show_default=True,
               help="all: Redis, a recent beat tick and any worker; worker: Redis and the worker "
-                   "of this host (celery@HOSTNAME); beat: Redis and a recent beat tick. "
+                   "pools of this host (fetch@HOSTNAME, ...); beat: Redis and a recent beat tick. "
                    "Liveness probes check their own component.")
 def health(max_beat_age: float | None, component: str) -> None:
     """Exit 0 when Redis answers, the beat tick is recent and a worker answers a ping;
@@ -575,8 +601,9 @@ def health(max_beat_age: float | None, component: str) -> None:
         import socket
 
         from worker.app import app
+        from worker.layout import node_names
 
-        here = [f"celery@{socket.gethostname()}"] if component == "worker" else None
+        here = node_names(socket.gethostname()) if component == "worker" else None
         replies = app.control.ping(destination=here, timeout=2.0)
         if not replies:
             _unhealthy(f"no worker{' on this host' if here else ''} answered a ping within 2 s")
