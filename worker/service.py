@@ -50,6 +50,7 @@ PARSE_PROCESSES = max(1, os.cpu_count() or 1)  # parsing is CPU: one child per c
 # False in a Celery prefork child, where the task time limits already end a stuck parse.
 ISOLATE_PARSE = True
 REPORT_EVERY = 15.0  # seconds between reports of the configuration a process runs
+RESYNC_EVERY = 60.0  # seconds between full syncs of the configured feeds to the due set
 
 
 class Service:
@@ -63,6 +64,8 @@ class Service:
         self._secrets_of: Config | None = None
         self._reported: tuple[str, float] | None = None   # digest reported, when
         self._newest = ConfigVersion("", 0.0)
+        self._synced: tuple[str, float] | None = None      # digest synced to the due set, when
+        self._feeds: tuple[Config, dict[str, FeedConfig]] | None = None
 
     @cached_property
     def store(self) -> Store:
@@ -87,7 +90,10 @@ class Service:
         return self._matcher[1]
 
     def feed(self, name: str) -> FeedConfig | None:
-        return next((f for f in self.config().feeds if f.name == name), None)
+        config = self.config()
+        if self._feeds is None or self._feeds[0] is not config:  # by name: 100,000 feeds scale
+            self._feeds = (config, {f.name: f for f in config.feeds})
+        return self._feeds[1].get(name)
 
     def due_feeds(self, now: float) -> list[FeedConfig]:
         """One beat tick: follow the configuration, then hand out each due feed once. Only a
@@ -97,10 +103,16 @@ class Service:
         if not self.runs_newest_config(now, report=True):
             log.info("tick left to a newer configuration: this process runs %s, the newest is %s",
                      self.watcher.version[0], self._newest.digest)
+            self._synced = None  # should this process act again, it syncs first
             return []
-        self.store.sync_feeds([f.name for f in config.feeds], now)
-        feeds = {f.name: f for f in config.feeds}
-        return [feeds[name] for name, _ in self.store.claim_due(now, CLAIM_LEASE) if name in feeds]
+        # Sending every feed name costs O(feeds) each tick: only when this process's
+        # configuration changed, and every RESYNC_EVERY seconds in case Redis lost the due set.
+        digest = self.watcher.version[0]
+        if self._synced is None or self._synced[0] != digest or now - self._synced[1] > RESYNC_EVERY:
+            self.store.sync_feeds([f.name for f in config.feeds], now)
+            self._synced = (digest, now)
+        return [feed for name, _ in self.store.claim_due(now, CLAIM_LEASE)
+                if (feed := self.feed(name)) is not None]
 
     # -- configuration versions across processes -----------------------------------------------
     def config_digest(self) -> str:
