@@ -356,10 +356,11 @@ def bench_poll(quick: bool) -> None:
 def run_benchmarks(quick: bool = False, only: set[str] | None = None) -> None:
     from worker.bench_deliver import bench_deliver
     from worker.bench_latency import bench_latency
+    from worker.bench_scale import bench_scale
 
     parts: dict[str, Callable[[bool], None]] = {
         "parse": bench_parse, "match": bench_match, "dedupe": bench_dedupe, "poll": bench_poll,
-        "latency": bench_latency, "deliver": bench_deliver,
+        "latency": bench_latency, "deliver": bench_deliver, "scale": bench_scale,
     }
     # The synthetic feeds' items are old, so every feed is stale: keep warnings out of the figures.
     logging.getLogger("newsmon").setLevel(logging.ERROR)

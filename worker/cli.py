@@ -556,7 +556,7 @@ def webhook_list(config: str | None) -> None:
 @main.command()
 @click.option("--quick", is_flag=True, help="Smaller inputs: a rough figure in seconds.")
 @click.option("--only", multiple=True,
-              help="Run only these parts: parse, match, dedupe, poll, latency, deliver.")
+              help="Run only these parts: parse, match, dedupe, poll, latency, deliver, scale.")
 def bench(quick: bool, only: tuple[str, ...]) -> None:
     """Print speed figures (per core) for each stage of the pipeline."""
     from worker.bench import run_benchmarks

@@ -240,6 +240,11 @@ class Store:
         # XX: a feed removed from the configuration while it was being fetched stays removed.
         self.r.zadd(self.p + "due", {name: when}, xx=True)
 
+    def set_due_many(self, names: list[str], when: float, chunk: int = 10_000) -> None:
+        """``set_due`` for many feeds at once (in pipelined chunks)."""
+        for start in range(0, len(names), chunk):
+            self.r.zadd(self.p + "due", dict.fromkeys(names[start:start + chunk], when), xx=True)
+
     def due_times(self) -> dict[str, float]:
         return dict(self.r.zrange(self.p + "due", 0, -1, withscores=True))
 
