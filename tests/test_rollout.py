@@ -97,3 +97,25 @@ def test_a_version_no_process_reports_any_more_stops_counting(redis_url):
 ])
 def test_fetch_decision(known, same, newest, expected):
     assert fetch_decision(known, same, newest) == expected
+
+
+def test_the_tick_sends_the_feed_list_only_when_the_configuration_changed(tmp_path, redis_url):
+    now = time.time()
+    service = _worker(tmp_path / "conf", redis_url, ["a", "b"], now - 60)
+
+    def zranges() -> int:  # sync_feeds is the only ZRANGE over the whole due set
+        return int(service.store.r.info("commandstats").get("cmdstat_zrange", {}).get("calls", 0))
+
+    before = zranges()
+
+    def syncs() -> int:
+        return zranges() - before
+
+    for step in range(3):
+        service.due_feeds(now + step)
+    assert syncs() == 1
+    path = tmp_path / "conf" / "feeds.yaml"
+    path.write_text(path.read_text() + "  - url: https://c.example/rss\n    name: c\n")
+    os.utime(path, (now, now))
+    assert sorted(f.name for f in service.due_feeds(now + 4)) == ["c"]
+    assert syncs() == 2

@@ -14,6 +14,7 @@ import resource
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -274,15 +275,20 @@ class QuietHandler(BaseHTTPRequestHandler):
         pass
 
 
-def loopback_server(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
-    """A threaded server on 127.0.0.1 (a free port) that copes with bursts of connections."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def loopback_server(handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1",
+                    port: int = 0) -> ThreadingHTTPServer:
+    """A threaded server on a loopback address (a free port by default) that copes with bursts
+    of connections."""
+    server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     server.request_queue_size = 256
     return server
 
 
 # -- one poll cycle over many feeds --------------------------------------------------------------
+POLL_HOSTS = tuple(f"127.0.1.{h}" for h in range(1, 33))
+
+
 def _serve_feeds(port_queue: Any, n_feeds: int, changed_every: int) -> None:
     """A loopback feed server (own process): every ``changed_every``-th feed has 5 new items per
     cycle; the others answer 304 to a matching If-None-Match."""
@@ -305,8 +311,14 @@ def _serve_feeds(port_queue: Any, n_feeds: int, changed_every: int) -> None:
                 cache[key] = rss_feed(5, seed=i, tag=f"c{version}-")
             self.reply(200, cache[key], {"ETag": etag, "Content-Type": "application/rss+xml"})
 
-    server = loopback_server(Handler)
-    port_queue.put(server.server_address[1])
+    # Feeds spread over POLL_HOSTS loopback addresses: at most 2 requests go to one host at a
+    # time from all workers together, as with real feeds on many sites.
+    server = loopback_server(Handler, POLL_HOSTS[0])
+    port = server.server_address[1]
+    for host in POLL_HOSTS[1:]:
+        threading.Thread(target=loopback_server(Handler, host, port).serve_forever,
+                         daemon=True).start()
+    port_queue.put(port)
     server.serve_forever()
 
 
@@ -326,7 +338,8 @@ def bench_poll(quick: bool) -> None:
     with _redis() as url, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "config"
         folder.mkdir()
-        feeds = [FeedConfig(url=f"http://127.0.0.1:{port}/f/{i}", name=f"f{i}", full_text="never")
+        feeds = [FeedConfig(url=f"http://{POLL_HOSTS[i % len(POLL_HOSTS)]}:{port}/f/{i}",
+                            name=f"f{i}", full_text="never")
                  for i in range(n)]
         import yaml
 
@@ -338,7 +351,7 @@ def bench_poll(quick: bool) -> None:
                                       "NEWSMON_ALLOW_NETWORKS": "127.0.0.0/8"})
         service = Service(settings, url)
         service.run_once(workers=64)  # first sight: every feed has content; sets the ETags
-        httpx.get(f"http://127.0.0.1:{port}/next-cycle")
+        httpx.get(f"http://{POLL_HOSTS[0]}:{port}/next-cycle")
         cpu0, wall0 = time.process_time(), time.perf_counter()
         summary = service.run_once(workers=64)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0

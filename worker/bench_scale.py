@@ -189,6 +189,7 @@ def bench_scale(quick: bool) -> None:
                   f"  {row['redis_us']:9.0f}  {row['messages']:9.2f}")
         _print_breakdown(rows[-1])
         _state_alone(url, folder, names, changed, control)
+        _tick_cost(env, store, names)
     server.kill()
 
 
@@ -313,3 +314,40 @@ def _state_alone(url: str, folder: Path, names: list[str], changed: list[str],
               f"{d['net_in'] / len(sample):.0f} bytes in, {d['net_out'] / len(sample):.0f} out")
     service.fetcher.close()
     service.isolated.close()
+
+
+# One tick as the beat's schedule worker runs it: claim the due feeds, publish a fetch each.
+_TICK = """
+import json, resource, sys, time
+from worker import tasks
+service = tasks.service()
+names = json.load(sys.stdin)
+service.store.set_due_many(names, time.time())
+service.due_feeds(time.time())  # the first tick also syncs the feed list: not measured
+service.store.set_due_many(names, time.time())
+cpu, wall = time.process_time(), time.perf_counter()
+feeds = service.due_feeds(time.time())
+digest = service.config_digest()
+claimed = time.perf_counter() - wall
+for feed in feeds:
+    tasks.fetch.delay(feed.name, digest)
+print(json.dumps({"feeds": len(feeds), "claim": claimed, "wall": time.perf_counter() - wall,
+                  "cpu": time.process_time() - cpu}))
+"""
+
+
+def _tick_cost(env: dict[str, str], store: Any, names: list[str]) -> None:
+    """What handing out feeds costs the single beat: one tick's claim and publish, timed."""
+    sample = names[:10_000]
+    before = _redis_counters(store.r)
+    out = subprocess.run([sys.executable, "-c", _TICK], input=json.dumps(sample), env=env,
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    tick = json.loads(out.strip().splitlines()[-1])
+    redis_cpu = _delta(_redis_counters(store.r), before)["cpu"]
+    store.r.delete("fetch")  # the published messages: no worker runs now
+    per = tick["wall"] / tick["feeds"]
+    print(f"        one tick handing out {tick['feeds']:,} feeds (the most one tick claims): "
+          f"claim {tick['claim'] * 1000:.0f} ms, claim + publish {tick['wall']:.2f} s "
+          f"({per * 1e6:.0f} µs and {tick['cpu'] / tick['feeds'] * 1e6:.0f} µs CPU a feed; "
+          f"Redis CPU {redis_cpu / tick['feeds'] * 1e6:.0f} µs a feed, both ticks): "
+          f"one beat hands out at most {1 / per:,.0f} feeds/s")
