@@ -103,10 +103,8 @@ def bench_parse(quick: bool) -> None:
           "target <= 2x)")
 
 
-def bench_match(quick: bool) -> None:
-    from worker.config import WatchlistConfig
-    from worker.match import compile_watchlists
-
+def _match_corpus() -> tuple[list[str], str, list[str]]:
+    """The benchmark article's paragraphs, its 5 KB text, and 100,000 terms absent from it."""
     # A 5 KB article of news prose (random letters would leave the automaton at its root, which
     # flatters large term sets): these 2.8 KB of paragraphs, shuffled, twice, cut at 5,000.
     paragraphs = [
@@ -167,6 +165,14 @@ def bench_match(quick: bool) -> None:
     folded = text.casefold()
     vocabulary = [t for t in dict.fromkeys(term() for _ in range(130_000))
                   if t.casefold() not in folded][:100_000]
+    return paragraphs, text, vocabulary
+
+
+def bench_match(quick: bool) -> None:
+    from worker.config import WatchlistConfig
+    from worker.match import compile_watchlists
+
+    _, text, vocabulary = _match_corpus()
     found = ["Japan", "LNG", "liquefied natural gas"]    # 10 matches in the article
     sizes = (10, 1000, 100_000)
     matchers, builds = {}, {}
@@ -193,6 +199,97 @@ def bench_match(quick: bool) -> None:
         cells = [f"{best[n, h] * 1e6:7.1f} µs ({best[n, h] / best[10, h]:.2f}x)" for h in (0, 1)]
         print(f"        {n:>7,}  {cells[0]}    {cells[1]}        {builds[n]:5.2f} s")
     print("        (best round; ratios to the 10-term time, target <= 3x)")
+    _bench_queries(text, vocabulary, quick)
+
+
+# Queries that fire on the benchmark article (or, the last, are decided and do not): the same
+# ones at every size, so the tables compare the cost of the watchlists that find nothing.
+FIRING_QUERIES = (
+    'Japan NEAR/10 "liquefied natural gas" AND NOT title:"Japan Airlines"',
+    "title:LNG OR atleast:3(Japan)",
+    '"Bank of Japan" ONEAR/3 rates',
+    "(Tokyo OR Japan) AND body:(tankers OR freight)",
+    "Japan AND NOT Korea",
+)
+
+
+def _query_watchlists(n: int, vocabulary: list[str], hits: bool) -> list[Any]:
+    """``n`` query watchlists of 5 terms each, ``t1 NEAR/5 t2 AND (t3 OR t4) AND NOT t5``."""
+    from worker.config import WatchlistConfig
+
+    def quoted(term: str) -> str:
+        return f'"{term}"' if " " in term else term
+
+    queries = [f"{quoted(a)} NEAR/5 {quoted(b)} AND ({quoted(c)} OR {quoted(d)}) AND NOT "
+               f"{quoted(e)}" for a, b, c, d, e in
+               (vocabulary[i * 5:i * 5 + 5] for i in range(n))]
+    if hits:
+        queries[:len(FIRING_QUERIES)] = FIRING_QUERIES
+    return [WatchlistConfig(name=f"q{i}", query=q) for i, q in enumerate(queries)]
+
+
+def _bench_queries(text: str, vocabulary: list[str], quick: bool) -> None:
+    from worker.match import compile_watchlists
+
+    sizes = (10, 1000, 10_000)
+    matchers, builds = {}, {}
+    for n in sizes:
+        for hits in (0, 1):
+            start = time.perf_counter()
+            matchers[n, hits] = compile_watchlists(_query_watchlists(n, vocabulary, bool(hits)))
+            builds[n] = time.perf_counter() - start
+    best = dict.fromkeys(matchers, float("inf"))
+    runs = 100 if quick else 200
+    for _ in range(10 if quick else 20):
+        for key, matcher in matchers.items():
+            per = _timed(lambda m=matcher: [m.match("Japan buys LNG", text) for _ in range(runs)],
+                         1) / runs
+            best[key] = min(best[key], per)
+    fired = len(matchers[10, 1].match("Japan buys LNG", text))
+    print("match   the same article; query watchlists of 5 terms each "
+          "(a NEAR/5 b AND (c OR d) AND NOT e), one automaton")
+    print(f"        queries    none fires            {len(FIRING_QUERIES)} decided, {fired} fire"
+          "                build")
+    for n in sizes:
+        cells = [f"{best[n, h] * 1e6:7.1f} µs ({best[n, h] / best[10, h]:.2f}x)" for h in (0, 1)]
+        print(f"        {n:>7,}  {cells[0]}    {cells[1]}        {builds[n]:5.2f} s")
+    print("        (best round; ratios to the 10-query time, target <= 3x)")
+
+
+def bench_backtest(quick: bool) -> None:
+    """Dump files a second through ``newsmon backtest``'s loop, reading included."""
+    from worker.backtest import Story, dump_files, fire, scan
+    from worker.dump import render_dump
+    from worker.match import compile_watchlists
+    from worker.models import Dump
+
+    paragraphs, _, vocabulary = _match_corpus()
+    rng = random.Random(5)
+    count = 1000 if quick else 4000
+    matchers = {hits: compile_watchlists(_query_watchlists(1000, vocabulary, hits))
+                for hits in (False, True)}
+    with tempfile.TemporaryDirectory() as root:
+        for i in range(count):
+            rng.shuffle(paragraphs)
+            body = tuple((" ".join(paragraphs * 2))[:5000].split(". "))
+            when = datetime(2025, 2, 1 + i % 20, 9, i % 60)
+            folder = Path(root, when.date().isoformat())
+            folder.mkdir(exist_ok=True)
+            (folder / f"{i:03d}_{i:016x}.txt").write_text(render_dump(Dump(
+                title=f"Japan buys LNG {i}", author="Desk", published=when, paragraphs=body)),
+                encoding="utf-8")
+        best, fired = dict.fromkeys(matchers, float("inf")), dict.fromkeys(matchers, 0)
+        for _ in range(3):
+            for hits, matcher in matchers.items():
+                start = time.perf_counter()
+                fired[hits] = sum(len(fire(matcher, s)) for s in scan(dump_files(root))
+                                  if isinstance(s, Story))
+                best[hits] = min(best[hits], time.perf_counter() - start)
+    print(f"backtest {count:,} dump files of 5 KB in 20 day folders, 1,000 query watchlists, "
+          "reading included (target >= 2,000 files/s)")
+    for hits, label in ((False, "no watchlist fires"), (True, "4 fire on every file")):
+        print(f"        {label:<22} {count / best[hits]:7,.0f} files/s "
+              f"({best[hits] / count * 1e6:4.0f} µs a file, {fired[hits]:,} hits)")
 
 
 def bench_dedupe(quick: bool) -> None:
@@ -372,7 +469,8 @@ def run_benchmarks(quick: bool = False, only: set[str] | None = None) -> None:
     from worker.bench_scale import bench_scale
 
     parts: dict[str, Callable[[bool], None]] = {
-        "parse": bench_parse, "match": bench_match, "dedupe": bench_dedupe, "poll": bench_poll,
+        "parse": bench_parse, "match": bench_match, "backtest": bench_backtest,
+        "dedupe": bench_dedupe, "poll": bench_poll,
         "latency": bench_latency, "deliver": bench_deliver, "scale": bench_scale,
     }
     # The synthetic feeds' items are old, so every feed is stale: keep warnings out of the figures.

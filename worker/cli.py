@@ -1,5 +1,5 @@
-"""The ``newsmon`` command line: offline tools (normalize, match, check), the service (run),
-and views of its state (status, alerts)."""
+"""The ``newsmon`` command line: offline tools (normalize, match, backtest, check), the service
+(run), and views of its state (status, alerts)."""
 
 from __future__ import annotations
 
@@ -151,12 +151,86 @@ def match(config: str | None, files: tuple[str, ...]) -> None:
             failed = True
             continue
         for hit in matcher.match(dump.title, "\n".join(dump.paragraphs)):
-            click.echo(json.dumps({
-                "file": file, "watchlist": hit.watchlist, "entities": list(hit.entities),
-                "matches": [{"entity": m.entity, "term": m.term, "field": m.field,
-                             "start": m.start, "end": m.end, "snippet": m.snippet}
-                            for m in hit.matches]}, ensure_ascii=False))
+            click.echo(_hit_line(file, hit))
     sys.exit(1 if failed else 0)
+
+
+def _hit_line(file: str, hit: Any, **extra: str) -> str:
+    """The JSON line of ``newsmon match`` (and ``backtest``) for one (file, watchlist)."""
+    return json.dumps({
+        **extra, "file": file, "watchlist": hit.watchlist, "entities": list(hit.entities),
+        "matches": [{"entity": m.entity, "term": m.term, "field": m.field,
+                     "start": m.start, "end": m.end, "snippet": m.snippet}
+                    for m in hit.matches]}, ensure_ascii=False)
+
+
+@main.command()
+@click.option("--config", type=click.Path(), default=None, help="Configuration folder.")
+@click.argument("dump_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--since", default=None,
+              help="Only dumps dated (line 1) on or after the day of this ISO time or duration "
+                   "back from now (7d, 2h).")
+@click.option("--watchlist", "names", multiple=True, help="Only this watchlist (repeatable).")
+@click.option("--diff", "other", type=click.Path(), default=None,
+              help="Another configuration folder: print what it would add and remove.")
+def backtest(config: str | None, dump_dir: str | None, since: str | None,
+             names: tuple[str, ...], other: str | None) -> None:
+    """Run the watchlists over dump files already written (default NEWSMON_DUMP_DIR) and send
+    nothing: a JSON line per (file, watchlist) that fires, then a summary on stderr."""
+    from worker.backtest import Story, Summary, changes, dump_files, fire, scan
+    from worker.match import compile_watchlists
+
+    settings = _settings(config)
+    mine = _load(settings).watchlists
+    theirs = _load(_settings(other)).watchlists if other else []
+    only = frozenset(names) if names else None
+    unknown = sorted((only or set()) - {w.name for w in [*mine, *theirs]})
+    if unknown:
+        raise click.UsageError(f"no watchlist named {', '.join(map(repr, unknown))}")
+    mine = [w for w in mine if only is None or w.name in only]
+    theirs = [w for w in theirs if only is None or w.name in only]
+    _warn_unjudged([*mine, *theirs])
+    root = Path(dump_dir) if dump_dir else settings.dump_dir
+    if not root.is_dir():
+        raise click.ClickException(f"{root}: no such folder of dump files")
+    since_ts = _parse_since(since)
+    since_day = datetime.fromtimestamp(since_ts, UTC).date().isoformat() if since_ts else None
+    matcher = compile_watchlists(mine)
+    other_matcher = compile_watchlists(theirs) if other else None
+    summary = Summary([w.name for w in mine], since_day)
+    for story in scan(dump_files(root), since_day):
+        if not isinstance(story, Story):
+            click.echo(f"{story.file}: {story.reason}", err=True)
+            summary.skipped += 1
+            continue
+        summary.read += 1
+        hits = fire(matcher, story)
+        summary.count(summary.fired, story, hits)
+        if other_matcher is None:
+            for hit in hits:
+                click.echo(_hit_line(story.file, hit))
+            continue
+        added, removed = changes(hits, fire(other_matcher, story))
+        summary.count(summary.added, story, added)
+        summary.count(summary.removed, story, removed)
+        for change, diffs in (("added", added), ("removed", removed)):
+            for hit in diffs:
+                click.echo(_hit_line(story.file, hit, change=change))
+    for line in summary.lines(other):
+        click.echo(line, err=True)
+    sys.exit(1 if summary.skipped else 0)
+
+
+def _warn_unjudged(watchlists: list[Any]) -> None:
+    """Dump files record neither the source nor the feed: say so for queries that test them."""
+    from worker.query import attribute_names, parse_query
+
+    for w in watchlists:
+        tested = attribute_names(parse_query(w.query)) & {"source", "feed"} if w.query else set()
+        if tested:
+            click.echo(f"watchlist {w.name}: {' and '.join(sorted(f'{t}:' for t in tested))} "
+                       "cannot be judged from dump files (they record neither source nor feed): "
+                       "here they are false", err=True)
 
 
 @main.command()
@@ -179,7 +253,8 @@ def check(config: str | None) -> None:
                    f"secrets {len(hook.secret)} (***)")
     click.echo(f"watchlists: {len(cfg.watchlists)}  terms: {matcher.term_count}")
     for w in cfg.watchlists:
-        click.echo(f"  {w.name}  match {w.match}  entities {len(w.entities)}  "
+        click.echo(f"  {w.name}  " + (f"query {w.query}" if w.query else f"match {w.match}")
+                   + f"  entities {len(w.entities)}  "
                    f"webhook {w.webhook or '-'}"
                    + (f"  notify {len(w.notify)} (***)" if w.notify else ""))
 
@@ -556,7 +631,8 @@ def webhook_list(config: str | None) -> None:
 @main.command()
 @click.option("--quick", is_flag=True, help="Smaller inputs: a rough figure in seconds.")
 @click.option("--only", multiple=True,
-              help="Run only these parts: parse, match, dedupe, poll, latency, deliver, scale.")
+              help="Run only these parts: parse, match, backtest, dedupe, poll, latency, "
+                   "deliver, scale.")
 def bench(quick: bool, only: tuple[str, ...]) -> None:
     """Print speed figures (per core) for each stage of the pipeline."""
     from worker.bench import run_benchmarks

@@ -24,10 +24,12 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from worker.errors import ConfigError
 from worker.health import DEFAULT_FAILING_AFTER
+from worker.query import parse_query
 
 log = logging.getLogger("newsmon.config")
 DEFAULT_CONFIG_DIR = "schedules"
@@ -76,6 +78,14 @@ class FeedConfig(_Strict):
     full_text: Literal["auto", "always", "never"] = "auto"
     failing_after: Duration = DEFAULT_FAILING_AFTER   # failing after failing this long
     stale_after: Duration | None = None               # None: judged from the feed's rhythm
+    language: str | None = None                       # lang: in queries; None: detected
+
+    @field_validator("language")
+    @classmethod
+    def _language_code(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch("[a-z]{2,3}", value.strip().casefold()):
+            raise ValueError(f"expected an ISO 639-1 language code such as en or ja, got {value!r}")
+        return None if value is None else value.strip().casefold()
 
     @field_validator("timezone")
     @classmethod
@@ -123,8 +133,27 @@ class WatchlistConfig(_Strict):
     webhook: str | None = None
     notify: list[SecretStr] = []
     match: Literal["any", "all"] = "any"
-    entities: list[Annotated[EntityConfig, BeforeValidator(_entity)]] = Field(min_length=1)
+    # Without a query, the entities are what fires the watchlist; with one, they give aliases
+    # to the query's terms (a term equal to an entity's name matches any of its terms).
+    entities: list[Annotated[EntityConfig, BeforeValidator(_entity)]] = []
+    query: str | None = None
     exclude: list[Annotated[str, Field(min_length=1)]] = []
+
+    @field_validator("query")
+    @classmethod
+    def _parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_query(value)    # QuerySyntaxError is a ValueError: "column 14: expected ..."
+        return value
+
+    @model_validator(mode="after")
+    def _entities_or_query(self) -> WatchlistConfig:
+        if self.query is None and not self.entities:
+            raise ValueError("expected entities, a query, or both")
+        if self.query is not None and "match" in self.model_fields_set:
+            raise ValueError("match applies to entities without a query; with a query, write "
+                             "AND or OR in it")
+        return self
 
 
 class Config(_Strict):

@@ -2,6 +2,7 @@
 
     NewsmonError                 base of everything below
     ├── ConfigError              bad configuration: names the file, key path and what was expected
+    ├── QuerySyntaxError         a watchlist query that does not parse: the column, what was expected
     ├── NotAFeedError            bytes that are no RSS, Atom or JSON Feed (says what was received)
     ├── DumpFormatError          a file that is not in the dump format
     ├── FetchError               a fetch failed; ``reason`` is a short user-facing cause
@@ -33,6 +34,19 @@ class ConfigError(NewsmonError):
 
     def __str__(self) -> str:
         return "\n".join(self.problems)
+
+
+class QuerySyntaxError(NewsmonError, ValueError):
+    """A watchlist query that does not parse. A ValueError too, so that the configuration's
+    validators report it under the key path (``watchlists[2].query: column 14: ...``)."""
+
+    def __init__(self, column: int, message: str):
+        super().__init__(column, message)
+        self.column = column            # 1-based, in characters of the query
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"column {self.column}: {self.message}"
 
 
 class NotAFeedError(NewsmonError):

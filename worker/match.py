@@ -1,7 +1,10 @@
 """Match stage: which watchlists an article fires, found with one Aho-Corasick automaton.
 
 Pure: no Redis, Celery or network. ``compile_watchlists`` once per configuration, then
-``match_article`` for every new article.
+``match_article`` for every new article. A watchlist is a list of entities (``match: any|all``)
+or a query (worker/query.py decides it): the terms of both kinds share the automaton, and a
+query is evaluated only for watchlists with a term found, plus those whose query can hold
+without one (``NOT x``, ``source:reuters``).
 
 Terms and texts are normalized the same way before matching: typographic apostrophes, quotes
 and dashes become their ASCII forms, every run of whitespace becomes one space, and everything
@@ -16,15 +19,17 @@ from __future__ import annotations
 import re
 import unicodedata
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import NamedTuple
 
 import ahocorasick_rs
 
-from worker.config import EntityConfig, WatchlistConfig
+from worker.config import EntityConfig, FeedConfig, WatchlistConfig
+from worker.language import detect_language
 from worker.models import Article, Match, WatchlistHit
+from worker.query import Node, Term, evaluate, needs_hit, parse_query, terms
 
 SNIPPET_MAX = 240
 _ELLIPSIS = "…"
@@ -60,6 +65,11 @@ _NO_SPACE_RANGES = (
     (0xFF66, 0xFF9F), (0x16FE0, 0x16FFF), (0x1B000, 0x1B16F), (0x20000, 0x3FFFF),
 )
 _NO_SPACE_BOUNDS = [edge for lo, hi in _NO_SPACE_RANGES for edge in (lo, hi + 1)]
+_NO_SPACE_CLASS = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in _NO_SPACE_RANGES)
+# A word, for NEAR's count: a run of non-space characters holding a letter or digit, or one
+# character of a spaceless script (there every character counts as a word).
+_WORD = re.compile(rf"[{_NO_SPACE_CLASS}]|[^\s{_NO_SPACE_CLASS}]*[^\W_][^\s{_NO_SPACE_CLASS}]*")
+_WORD_BREAK = re.compile(rf"[\s{_NO_SPACE_CLASS}]")
 
 
 def _in_spaceless_script(char: str) -> bool:
@@ -192,10 +202,11 @@ def _is_case_sensitive(term: str, entity: EntityConfig | None) -> bool:
 
 
 class _Target(NamedTuple):
-    """What a term stands for: an entity of a watchlist, or (``entity`` -1) an exclusion."""
+    """What a term stands for: an entity of a watchlist (for a query watchlist, a term of its
+    query: a slot), or (``entity`` -1) an exclusion."""
 
     watchlist: int
-    entity: int
+    entity: int                     # index into _Watchlist.entities
     term: str                       # as configured
     exact: str | None               # the normalized term when case-sensitive, else None
 
@@ -214,8 +225,10 @@ class _Watchlist:
     """What matching needs of a watchlist; entities are referred to by index."""
 
     name: str
-    entities: tuple[str, ...]
+    entities: tuple[str, ...]       # reported names: entities, or (query) each slot's entity
     require_all: bool
+    query: Node | None = None
+    slots: tuple[Term, ...] = ()    # query watchlists: the query term of each slot
 
 
 class _Key(NamedTuple):
@@ -253,8 +266,10 @@ class _AutomatonBuilder:
 
     def __init__(self) -> None:
         self.targets: dict[str, list[_Target]] = {}
+        self.count = 0                  # terms added, alike or not
 
     def add(self, watchlist: int, entity: int, term: str, case_sensitive: bool) -> None:
+        self.count += 1
         exact = _collapse(term.strip()).text
         key = _casefold(exact)[0]
         if not key:
@@ -277,37 +292,90 @@ class Matcher:
     """Every term of every watchlist in one automaton; build it with compile_watchlists."""
 
     def __init__(self, watchlists: Sequence[_Watchlist], automaton: _Automaton | None,
-                 term_count: int):
+                 term_count: int, feeds: Mapping[str, tuple[str, str | None]] | None = None):
         self._watchlists = tuple(watchlists)
         self._automaton = automaton
         self._term_count = term_count
+        self._feeds = dict(feeds or {})     # feed URL: (feed name, configured language)
+        # Queries that can hold with none of their terms found are decided on every article.
+        self._always = frozenset(i for i, w in enumerate(self._watchlists)
+                                 if w.query is not None and not needs_hit(w.query))
 
     @property
     def term_count(self) -> int:
-        """How many terms the configuration lists: entity names, aliases and exclusions."""
+        """How many terms the automaton was given: entity names, aliases, query terms (an
+        entity's name standing for its aliases counts each) and exclusions."""
         return self._term_count
 
-    def match(self, title: str, body: str) -> list[WatchlistHit]:
-        """Every watchlist the title and body fire, in configuration order."""
-        if self._automaton is None:
-            return []
+    def match(self, title: str, body: str, *, source: str = "", feed: str = "",
+              language: str | None = None) -> list[WatchlistHit]:
+        """Every watchlist the title and body fire, in configuration order.
+
+        ``source`` and ``feed`` (its configured name) answer ``source:`` and ``feed:``;
+        ``language``, if given, answers ``lang:``, else it is detected when a query asks.
+        """
         found: dict[int, list[_Occurrence]] = {}
         excluded: set[int] = set()
-        for field, text in (("title", title), ("body", body)):
-            haystack = _haystack(text)
+        haystacks: dict[str, _Haystack] = {}
+        for field, text in (("title", title), ("body", body)) if self._automaton else ():
+            haystack = haystacks[field] = _haystack(text)
             for target, start, stop in _whole_words(self._automaton, haystack):
                 if target.entity < 0:
                     excluded.add(target.watchlist)
                 else:
                     found.setdefault(target.watchlist, []).append(
                         _Occurrence(target, field, text, haystack.folded, start, stop))
+        facts = _Facts(title, body, haystacks, source, feed, language)
         hits = []
-        for index, watchlist in enumerate(self._watchlists):
-            if index in found and index not in excluded:
-                hit = _hit(watchlist, found[index])
-                if hit is not None:
-                    hits.append(hit)
+        for index in sorted((found.keys() | self._always) if self._always else found):
+            if index in excluded:
+                continue
+            watchlist = self._watchlists[index]
+            if watchlist.query is None:
+                hit = _hit(watchlist, found[index], facts.snippets)
+            else:
+                hit = _query_hit(watchlist, found.get(index, []), facts)
+            if hit is not None:
+                hits.append(hit)
         return hits
+
+    def match_article(self, article: Article) -> list[WatchlistHit]:
+        """``match`` with the article's source, and its feed's name and configured language."""
+        feed, language = self._feeds.get(article.feed, ("", None))
+        return self.match(article.title, article.body, source=article.source, feed=feed,
+                          language=language)
+
+
+class _Facts:
+    """The article as a query's ``source:``, ``feed:``, ``lang:`` and NEAR see it; the
+    language and the word positions are worked out only when a query asks."""
+
+    def __init__(self, title: str, body: str, haystacks: Mapping[str, _Haystack], source: str,
+                 feed: str, language: str | None):
+        self.source, self.feed = source, feed
+        self._title, self._body, self._haystacks = title, body, haystacks
+        self._language = language
+        self.snippets: dict[tuple[str, int, int], str] = {}    # shared by the hits
+
+    @property
+    def language(self) -> str:
+        if self._language is None:
+            self._language = detect_language(self._title, self._body)
+        return self._language
+
+    def words_between(self, field: str, stop: int, start: int, most: int) -> int:
+        text = self._haystacks[field].folded.text
+        if stop < start and not _WORD_BREAK.match(text[stop]):
+            # The term ended inside a longer run ("Japan" of "Japan's"): the rest of the run
+            # is not a word between.
+            end = _WORD_BREAK.search(text, stop, start)
+            stop = end.start() if end else start
+        count = 0
+        for _ in _WORD.finditer(text, stop, start):    # counts no further than needed
+            count += 1
+            if count > most:
+                break
+        return count
 
 
 def _whole_words(automaton: _Automaton, haystack: _Haystack) -> Iterator[tuple[_Target, int, int]]:
@@ -327,53 +395,108 @@ def _whole_words(automaton: _Automaton, haystack: _Haystack) -> Iterator[tuple[_
                 yield target, start, stop
 
 
-def _hit(watchlist: _Watchlist, occurrences: list[_Occurrence]) -> WatchlistHit | None:
+def _hit(watchlist: _Watchlist, occurrences: list[_Occurrence],
+         snippets: dict[tuple[str, int, int], str]) -> WatchlistHit | None:
     matched = {o.target.entity for o in occurrences}
     if watchlist.require_all and len(matched) < len(watchlist.entities):
         return None
-    matches: dict[tuple[int, str, int, int], tuple[int, Match]] = {}
+    return _report(watchlist, occurrences, snippets)
+
+
+def _query_hit(watchlist: _Watchlist, occurrences: list[_Occurrence],
+               facts: _Facts) -> WatchlistHit | None:
+    assert watchlist.query is not None
+    by_term: dict[Term, list[_Occurrence]] = {}
+    for o in occurrences:
+        by_term.setdefault(watchlist.slots[o.target.entity], []).append(o)
+    holds, witnesses = evaluate(watchlist.query, by_term, facts)
+    if not holds:
+        return None
+    return _report(watchlist, witnesses, facts.snippets)  # type: ignore[arg-type]
+
+
+def _report(watchlist: _Watchlist, occurrences: Sequence[_Occurrence],
+            snippets: dict[tuple[str, int, int], str]) -> WatchlistHit:
+    """The hit: every occurrence once per entity and position, title first, then by offset.
+    ``snippets`` keeps the sentences already cut for this article (10 µs each)."""
+    matches: dict[tuple[str, str, int, int], tuple[int, Match]] = {}
     for o in occurrences:
         start, end = o.normalized.original_span(o.start, o.stop)
-        entity = o.target.entity
-        key = (entity, o.field, start, end)
+        slot = o.target.entity
+        name = watchlist.entities[slot]
+        key = (name, o.field, start, end)
         # Terms of one entity that normalize alike ("US" and "us") find the same text once.
-        if key not in matches:
-            matches[key] = (entity, Match(
-                entity=watchlist.entities[entity], term=o.target.term, field=o.field,
-                start=start, end=end, snippet=sentence_snippet(o.text, start, end)))
+        if key in matches:
+            continue
+        place = (o.field, start, end)
+        if place not in snippets:
+            snippets[place] = sentence_snippet(o.text, start, end)
+        matches[key] = (slot, Match(entity=name, term=o.target.term, field=o.field,
+                                    start=start, end=end, snippet=snippets[place]))
     ordered = sorted(matches.values(),
                      key=lambda em: (em[1].field != "title", em[1].start, em[1].end, em[0]))
+    slots = sorted({slot for slot, _ in matches.values()})
     return WatchlistHit(
         watchlist=watchlist.name,
-        entities=tuple(watchlist.entities[i] for i in sorted(matched)),
+        entities=tuple(dict.fromkeys(watchlist.entities[i] for i in slots)),
         matches=tuple(m for _, m in ordered),
     )
 
 
-def compile_watchlists(watchlists: Sequence[WatchlistConfig]) -> Matcher:
-    """Build one matcher for every term of every watchlist (about 1 s for 100,000 terms)."""
+def compile_watchlists(watchlists: Sequence[WatchlistConfig],
+                       feeds: Sequence[FeedConfig] = ()) -> Matcher:
+    """Build one matcher for every term of every watchlist (about 1 s for 100,000 terms).
+
+    ``feeds`` tell ``match_article`` each feed's name and configured language.
+    """
     builder = _AutomatonBuilder()
     compiled = []
-    term_count = 0
     for w, watchlist in enumerate(watchlists):
-        for e, entity in enumerate(watchlist.entities):
-            for term in entity.terms:
-                builder.add(w, e, term, _is_case_sensitive(term, entity))
-                term_count += 1
+        if watchlist.query is not None:
+            compiled.append(_compile_query(builder, w, watchlist))
+        else:
+            for e, entity in enumerate(watchlist.entities):
+                for term in entity.terms:
+                    builder.add(w, e, term, _is_case_sensitive(term, entity))
+            compiled.append(_Watchlist(
+                name=watchlist.name,
+                entities=tuple(entity.name for entity in watchlist.entities),
+                require_all=watchlist.match == "all",
+            ))
         for term in watchlist.exclude:
             builder.add(w, -1, term, _is_case_sensitive(term, None))
-            term_count += 1
-        compiled.append(_Watchlist(
-            name=watchlist.name,
-            entities=tuple(entity.name for entity in watchlist.entities),
-            require_all=watchlist.match == "all",
-        ))
-    return Matcher(compiled, builder.build(), term_count)
+    return Matcher(compiled, builder.build(), builder.count,
+                   {f.url: (f.name, f.language) for f in feeds})
+
+
+def _compile_query(builder: _AutomatonBuilder, w: int, watchlist: WatchlistConfig) -> _Watchlist:
+    """A slot per distinct query term; a term equal to an entity's name stands for all of the
+    entity's terms (its case rules included), any other is matched as written."""
+    assert watchlist.query is not None
+    tree = parse_query(watchlist.query)
+    by_name = {_fold(entity.name): entity for entity in watchlist.entities}
+    slots = tuple(dict.fromkeys(terms(tree)))
+    names = []
+    for slot, term in enumerate(slots):
+        entity = by_name.get(_fold(term.text))
+        if entity is None:
+            builder.add(w, slot, term.text, is_acronym(term.text))
+            names.append(term.text)
+            continue
+        for alias in entity.terms:
+            builder.add(w, slot, alias, _is_case_sensitive(alias, entity))
+        names.append(entity.name)
+    return _Watchlist(name=watchlist.name, entities=tuple(names), require_all=False,
+                      query=tree, slots=slots)
+
+
+def _fold(term: str) -> str:
+    return _casefold(_collapse(term.strip()).text)[0]
 
 
 def match_article(matcher: Matcher, article: Article) -> list[WatchlistHit]:
     """The watchlists an article fires, matching its title and its paragraphs."""
-    return matcher.match(article.title, article.body)
+    return matcher.match_article(article)
 
 
 def sentence_snippet(text: str, start: int, end: int) -> str:

@@ -86,7 +86,7 @@ class Service:
     def matcher(self) -> Matcher:
         config = self.config()
         if self._matcher is None or self._matcher[0] != id(config):
-            self._matcher = (id(config), compile_watchlists(config.watchlists))
+            self._matcher = (id(config), compile_watchlists(config.watchlists, config.feeds))
         return self._matcher[1]
 
     def feed(self, name: str) -> FeedConfig | None:
