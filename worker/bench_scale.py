@@ -181,12 +181,12 @@ def bench_scale(quick: bool) -> None:
               "  broker msgs")
         print("        workers        s           ms / poll     / poll   in/out / poll  µs / poll"
               "     / poll")
-        rows = [_cycle(fleet, env, store, names, changed, control, tmp, server.pid)
-                for fleet in fleets]
-        for row in rows:
+        rows = []
+        for fleet in fleets:  # each row as soon as it is measured: a full run takes long
+            rows.append(row := _cycle(fleet, env, store, names, changed, control, tmp, server.pid))
             print(f"        {row['fleet']:>7}  {row['cycle']:7.1f}  {row['rate']:7.0f}  "
                   f"{row['cpu_ms']:10.2f}  {row['ops']:9.1f}  {row['in']:5.0f}/{row['out']:<6.0f}"
-                  f"  {row['redis_us']:9.0f}  {row['messages']:9.2f}")
+                  f"  {row['redis_us']:9.0f}  {row['messages']:9.2f}", flush=True)
         _print_breakdown(rows[-1])
         _state_alone(url, folder, names, changed, control)
         _tick_cost(env, store, names)
