@@ -272,7 +272,8 @@ def _cycle(fleet: int, env: dict[str, str], store: Any, names: list[str], change
         served = _tree_cpu([server]) - served0
         seen = _server(control, "/stats")
     n = len(names)
-    commands = {k[4:]: v for k, v in redis.items() if k.startswith("cmd:") and v > 0}
+    commands = {k[4:]: v for k, v in redis.items()
+                if k.startswith("cmd:") and v > 0 and k != "cmd:info"}
     return {"fleet": fleet, "n": n, "cycle": seen["last"] - wall0,
             "rate": n / (seen["last"] - seen["first"]),
             "cpu_ms": cpu / n * 1000, "ops": sum(commands.values()) / n,
@@ -302,18 +303,32 @@ def _state_alone(url: str, folder: Path, names: list[str], changed: list[str],
     service = Service(Settings.from_env({"NEWSMON_CONFIG": str(folder),
                                          "NEWSMON_ALLOW_NETWORKS": "127.0.0.0/8"}), url)
     unchanged = [name for name in names[1:1001] if name not in set(changed)]
+    batches: list[tuple[Any, Any, Any]] = []
     for label, sample in (("304", unchanged), ("changed", changed[:200])):
         _server(control, "/next-cycle")
         before = _redis_counters(service.store.r)
         for name in sample:
-            service.poll(service.feed(name), lambda *_: None)
-        d = _delta(_redis_counters(service.store.r), before)
-        ops = {k[4:]: v / len(sample) for k, v in d.items() if k.startswith("cmd:") and v > 0}
-        print(f"        state store alone, per {label} poll: {sum(ops.values()):.1f} ops "
-              f"({', '.join(f'{k} {v:.1f}' for k, v in sorted(ops.items()))}), "
-              f"{d['net_in'] / len(sample):.0f} bytes in, {d['net_out'] / len(sample):.0f} out")
+            service.poll(service.feed(name), lambda *batch: batches.append(batch))
+        _print_state(f"per {label} poll", _delta(_redis_counters(service.store.r), before),
+                     len(sample))
+    # The process pool's share: the new articles of those changed polls, processed here.
+    before, cpu = _redis_counters(service.store.r), time.process_time()
+    articles = sum(len(items) for _, _, items in batches)
+    for batch in batches:
+        service.process(*batch)
+    cpu = time.process_time() - cpu
+    _print_state(f"per new article ({cpu / articles * 1000:.1f} ms CPU to process)",
+                 _delta(_redis_counters(service.store.r), before), articles)
     service.fetcher.close()
     service.isolated.close()
+
+
+def _print_state(label: str, d: dict[str, float], count: int) -> None:
+    ops = {k[4:]: v / count for k, v in d.items()
+           if k.startswith("cmd:") and v > 0 and k != "cmd:info"}
+    print(f"        state store alone, {label}: {sum(ops.values()):.1f} commands "
+          f"({', '.join(f'{k} {v:.1f}' for k, v in sorted(ops.items()))}), "
+          f"{d['net_in'] / count:.0f} bytes in, {d['net_out'] / count:.0f} out")
 
 
 # One tick as the beat's schedule worker runs it: claim the due feeds, publish a fetch each.
