@@ -7,6 +7,7 @@ temporary folder, without persistence, and stops it at the end.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,18 @@ from tests.processes import Processes
 from worker.embedded import EmbeddedRedis
 
 DATA = Path(__file__).parent / "data"
+# Variables of the test suite itself, not newsmon settings (tests/test_normalize.py).
+SUITE_SWITCHES = {"NEWSMON_REGENERATE_GOLDEN", "NEWSMON_SHARED"}
+
+
+@pytest.fixture(autouse=True)
+def own_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the NEWSMON_ settings of the shell that runs the suite, nor the user's
+    own data folder (~/.local/state/newsmon): each test gets a data folder of its own."""
+    for name in list(os.environ):
+        if name.startswith("NEWSMON_") and name not in SUITE_SWITCHES:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
 @pytest.fixture(scope="session")

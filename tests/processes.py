@@ -36,7 +36,9 @@ class Processes:
                     "NEWSMON_DUMP_DIR": str(tmp_path / "dump"),
                     "NEWSMON_DATA_DIR": str(tmp_path / "data"),
                     "NEWSMON_ALLOW_NETWORKS": "127.0.0.0/8", "NEWSMON_TICK_SECONDS": "1",
-                    "NEWSMON_VISIBILITY_TIMEOUT": "4"}
+                    "NEWSMON_VISIBILITY_TIMEOUT": "4",
+                    # tests read the per-feed lines (debug) in the processes' logs
+                    "NEWSMON_LOG_LEVEL": "debug"}
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:

@@ -36,6 +36,7 @@ def test_a_new_item_raises_its_alert_within_one_poll_interval(procs, http_server
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=35) == 0
     assert "feed=a outcome=ok" in procs.logs()
+    assert "[queues]" in procs.logs()  # at debug (as procs runs it) Celery's banner is back
 
 
 def test_configuration_is_reloaded_while_running(procs, http_server):

@@ -16,6 +16,7 @@ from worker.cli import main
 
 DATA = Path(__file__).parent / "data"
 SEED = Path("/work/shared/seed/000_d2c0166b2a2dd97c.txt")
+DESK_SECRET = "whsec_c2VjcmV0LXZhbHVlLW9mLTI0LWJ5dGVz"  # 24 bytes, as Standard Webhooks asks
 CONFIG = """
 feeds:
   - url: https://news.example/world.rss
@@ -105,11 +106,11 @@ def test_match_prints_a_json_line_per_file_and_watchlist(tmp_path, config):
 
 
 def test_check_prints_a_summary_with_secrets_hidden(config):
-    result = invoke("check", "--config", str(config), env={"DESK_SECRET": "whsec_SECRETVALUE"})
-    assert result.exit_code == 0
+    result = invoke("check", "--config", str(config), env={"DESK_SECRET": DESK_SECRET})
+    assert result.exit_code == 0, result.output
     assert "feeds: 1" in result.output and "watchlists: 2" in result.output
     assert "terms:" in result.output
-    for secret in ("whsec_SECRETVALUE", "pw", "token=abc", "user:"):
+    for secret in (DESK_SECRET, DESK_SECRET.removeprefix("whsec_"), "pw", "token=abc", "user:"):
         assert secret not in result.output
 
 
@@ -135,6 +136,15 @@ def test_run_once_status_and_alerts(tmp_path, config, redis_url, http_server):
     result = invoke("run", "--once", env=env)
     assert result.exit_code == 0  # a failed feed is reported, not fatal
     assert "no-such-host.invalid" in result.output and "2 new items" in result.output
+    # It ends with a table of the feeds, after one start-up line (credentials hidden).
+    table = result.stdout.splitlines()
+    assert table[0].split() == ["FEED", "OUTCOME", "HTTP", "NEW", "ERROR"]
+    rows = {line.split()[0]: line for line in table[1:3]}
+    assert rows["world"].split()[1:4] == ["ok", "200", "2"]
+    assert "failed" in rows["no-such-host.invalid-rss"] and "DNS" in rows["no-such-host.invalid-rss"]
+    [start] = [line for line in result.stderr.splitlines() if " starting: " in line]
+    assert "2 feeds, 2 watchlists, 1 webhooks" in start and str(tmp_path / "dump") in start
+    assert f"Redis {redis_url}" in start
 
     status = json.loads(invoke("status", "--json", env=env).output)
     world = next(f for f in status["feeds"] if f["name"] == "world")
@@ -172,6 +182,24 @@ def test_run_once_status_and_alerts(tmp_path, config, redis_url, http_server):
     assert json.loads(invoke("alerts", "list", "--json", "--since", "2999-01-01T00:00:00",
                              env=env).output) == []
     assert len(json.loads(invoke("alerts", "list", "--json", "--since", "1h", env=env).output)) == 2
+    quiet = invoke("run", "--once", "--log-level", "warning", env=env)
+    assert quiet.exit_code == 0 and " starting: " not in quiet.stderr
+
+
+def test_the_start_up_line_says_what_runs_with_credentials_hidden(config, tmp_path):
+    from worker.cli import startup_summary
+    from worker.config import load_config
+    from worker.settings import Settings
+
+    cfg = load_config(config, env={"DESK_SECRET": DESK_SECRET}).config
+    settings = Settings.from_env({"NEWSMON_CONFIG": str(config),
+                                  "NEWSMON_DUMP_DIR": str(tmp_path / "d"),
+                                  "NEWSMON_DATA_DIR": str(tmp_path / "s")})
+    line = startup_summary(settings, cfg, "redis://:hunter2@db.example:6380/2", embedded=False)
+    assert "1 feeds, 2 watchlists, 1 webhooks (desk https://hooks.example.com)" in line
+    assert f"dumps to {tmp_path / 'd'}" in line and "Redis redis://***@db.example:6380/2" in line
+    for secret in ("hunter2", "pw", "token=abc", DESK_SECRET):
+        assert secret not in line
 
 
 def test_run_exits_1_on_bad_configuration(config):
@@ -205,3 +233,50 @@ def test_run_once_without_redis_url_starts_the_embedded_redis(tmp_path, http_ser
     listed = subprocess.run([sys.executable, "-m", "worker", "alerts", "list", "--json"], env=env,
                             capture_output=True, text=True, timeout=90)
     assert [a["watchlist"] for a in json.loads(listed.stdout)] == ["japan"]
+
+
+def test_check_refuses_what_cannot_work_and_says_what_it_checked(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke("check", "--config", str(empty), env={"NEWSMON_CONFG": "typo"})
+    assert result.exit_code == 1
+    assert "newsmon: feeds: no feeds are configured" in result.stderr
+    assert "newsmon: environment: NEWSMON_CONFG is not a newsmon setting" in result.stderr
+    assert "checked: " in result.stdout and "webhook secrets" in result.stdout
+    (empty / "a.yaml").write_text(CONFIG)
+    bad_secret = invoke("check", "--config", str(empty), env={"DESK_SECRET": "whsec_eA=="})
+    assert bad_secret.exit_code == 1
+    [line] = bad_secret.stderr.splitlines()
+    assert line.startswith("newsmon: webhooks.desk.secret: the key is 1 bytes")
+    assert invoke("check", "--config", str(empty / "a.yaml"),
+                  env={"DESK_SECRET": DESK_SECRET}).exit_code == 0  # one file will do
+
+
+def test_status_without_a_configuration_shows_the_state(tmp_path, redis_url, monkeypatch):
+    from worker.store import Store
+
+    store = Store.from_url(redis_url)
+    store.sync_feeds(["wire", "desk"], 1.0)
+    store.r.close()
+    monkeypatch.chdir(tmp_path)  # no ./schedules here
+    result = invoke("status", "--json", env={"REDIS_URL": redis_url})
+    assert result.exit_code == 0, result.output
+    assert [(f["name"], f["url"]) for f in json.loads(result.stdout)["feeds"]] == [
+        ("desk", "-"), ("wire", "-")]
+
+
+def test_views_of_a_data_folder_where_nothing_ran_say_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args in (["status"], ["alerts", "list"]):
+        result = invoke(*args)
+        assert result.exit_code == 5
+        assert result.stderr.startswith("newsmon: no newsmon state in ")
+    assert list(tmp_path.iterdir()) == []  # nothing created where the user stands
+
+
+def test_bench_names_its_parts(tmp_path):
+    for args in (["bench", "--only", "nosuch"], ["bench", "nosuch"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and "'nosuch' is not one of 'parse'" in result.output
+    ran = CliRunner().invoke(main, ["bench", "--quick", "match"])
+    assert ran.exit_code == 0 and "terms" in ran.output and "dedupe" not in ran.output

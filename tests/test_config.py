@@ -171,3 +171,37 @@ def test_threads_asking_at_once_load_a_change_once(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert len(loads) == 1 and len({id(c) for c in got}) == 1
+
+
+@pytest.mark.parametrize("text", [
+    "feeds:\n  - url: https://a.example/rss\n    every: 5\n",
+    "feeds:\n  - url: https://a.example/rss\n    stale_after: 2.5\n",
+    "failing_after: 600\n",
+    "webhooks:\n  d:\n    url: https://h.example/\n    secret: whsec_eA==\n    retry: [5s, 60]\n",
+])
+def test_a_duration_without_a_unit_is_refused(tmp_path, text):
+    out = problems(write(tmp_path, a=text))
+    assert "expected a duration with a unit" in out and "a bare number would mean seconds" in out
+
+
+def test_a_single_yaml_file_is_a_configuration(tmp_path):
+    write(tmp_path, a=GOOD, b="this: [is not read\n")
+    cfg = load_config(tmp_path / "a.yaml", env={"DESK_SECRET": "whsec_eA=="}).config
+    assert [f.url for f in cfg.feeds] == ["https://example.com/world.rss"]
+
+
+def test_a_missing_folder_is_named_with_where_it_was_looked_for_and_how_to_point_elsewhere(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = problems(Path("schedules"))
+    assert out.startswith("schedules: configuration folder not found")
+    assert str(tmp_path / "schedules") in out and "--config" in out and "NEWSMON_CONFIG" in out
+
+
+def test_a_watcher_follows_a_single_file(tmp_path):
+    file = tmp_path / "one.yaml"
+    file.write_text("feeds:\n  - url: https://a.example/rss\n")
+    watcher = ConfigWatcher(file, env={})
+    assert len(watcher.current().feeds) == 1
+    file.write_text("feeds:\n  - url: https://a.example/rss\n  - url: https://b.example/rss\n")
+    assert len(watcher.current().feeds) == 2

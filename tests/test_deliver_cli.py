@@ -103,8 +103,11 @@ def test_alerts_replay_sends_dead_letters_again(tmp_path, redis_url, http_server
     assert one.exit_code == 1
     assert f"{first}: 1 destination queued" in one.output and "alert_nope: no such alert" in \
         one.output
+    assert "no worker is running" in one.stderr  # queued, but nothing will send it yet
+    service.store.mark_beat(time.time())  # a worker ran a beat tick just now
     rest = newsmon(redis_url, config, "alerts", "replay", "--dead")
     assert rest.exit_code == 0 and f"{second}: 1 destination queued" in rest.output
+    assert "no worker" not in rest.output
     assert "no dead-lettered alerts" in newsmon(redis_url, config, "alerts", "replay",
                                                 "--dead").output
     http_server.routes["/hook"] = (204, {}, b"")

@@ -291,3 +291,15 @@ def test_local_sequence_continues_after_the_highest_number(tmp_path: Path) -> No
 
 def test_day_of_is_the_iso_day() -> None:
     assert day_of(datetime(2025, 2, 6, 23, 59)) == "2025-02-06"
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_dump_files_honour_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """A shared dump folder is read by other users and containers: no forced 0600."""
+    old = os.umask(umask)
+    try:
+        path = write_dump(tmp_path, article(datetime(2025, 2, 6, 16, 30, tzinfo=PLUS_5)), lambda day: 0)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left

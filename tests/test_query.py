@@ -336,6 +336,7 @@ def test_check_refuses_a_query_with_a_syntax_error(tmp_path) -> None:
     assert "watchlists[2].query: column 10: expected a term, a phrase or '(', got the end of " \
            "the query" in result.output
     (tmp_path / "w.yaml").write_text(GOOD.format(query="Japan AND Korea"))
+    (tmp_path / "feeds.yaml").write_text("feeds:\n  - url: https://a.example/rss\n")  # check wants one
     result = CliRunner().invoke(main, ["check", "--config", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "three  query Japan AND Korea" in result.output

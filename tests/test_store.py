@@ -150,3 +150,18 @@ def test_the_suite_uses_a_redis_it_started(redis_url, tmp_path_factory):
     folder = client.config_get("dir")["dir"]
     client.close()
     assert Path(folder).resolve().is_relative_to(tmp_path_factory.getbasetemp().resolve())
+
+
+def test_a_poll_cycle_ends_once_every_feed_is_polled_and_every_batch_processed(store):
+    from worker.service import cycle_summary
+
+    store.open_cycle("c1", 2)
+    assert store.cycle_step("c1", polled=1, new=3, batches=1) is None
+    assert store.cycle_step("c1", "down", polled=1) is None  # a batch is still being processed
+    fields = store.cycle_step("c1", batches=-1, alerts=2)
+    assert fields is not None
+    assert cycle_summary(fields) == \
+        "poll cycle: 2 feeds polled, 3 new articles, 2 alerts, 1 failed (down)"
+    assert store.cycle_step("c1", batches=0) is None  # said once
+    assert store.cycle_step("unknown", polled=1) is None
+    assert 0 < store.r.ttl("newsmon:cycle:c1") <= 3600

@@ -3,9 +3,12 @@ tasks, and the beat schedule. Run with ``celery -A worker.app worker`` and ``...
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery, signals
 
 from worker import embedded
+from worker.errors import ConfigError
 from worker.logs import configure_logging
 from worker.settings import Settings
 
@@ -18,7 +21,11 @@ def broker_url(settings: Settings) -> str:
             or "redis://127.0.0.1:6379/0")
 
 
-settings = Settings.from_env()
+try:
+    settings = Settings.from_env()
+except ConfigError as exc:  # `celery -A worker.app ...` with a bad setting: one line, no traceback
+    sys.exit("\n".join(f"newsmon: invalid setting: {p.removeprefix('environment: ')}"
+                        for p in exc.problems))
 app = Celery("newsmon", include=["worker.tasks"])
 app.conf.update(
     broker_url=broker_url(settings),
@@ -70,14 +77,15 @@ app.conf.update(
 
 @signals.setup_logging.connect
 def _setup_logging(**_: object) -> None:
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
 
 
 @signals.celeryd_init.connect
 def _worker_init(**_: object) -> None:
     from worker.sentry import init_sentry
 
-    configure_logging(settings.log_format)  # already now: Celery warns before it sets logging up
+    # already now: Celery warns before it sets logging up
+    configure_logging(settings.log_format, settings.log_level)
     init_sentry("worker")
 
 

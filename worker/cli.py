@@ -15,58 +15,80 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
-from worker import __version__, embedded
+from worker import __version__, embedded, failures
 from worker.config import Config, FeedConfig, load_config
-from worker.errors import ConfigError, DumpFormatError, FetchError, NotAFeedError
+from worker.errors import ConfigError, DumpFormatError, FetchError, NotAFeedError, ServiceError
 from worker.fetch import redact_url
-from worker.settings import Settings
+from worker.settings import LOG_LEVELS, Settings
 
 log = logging.getLogger("newsmon")
 SHUTDOWN_GRACE = 30.0
 
 
-def _setup_logging(settings: Settings | None = None) -> None:
+def _setup_logging(settings: Settings) -> None:
     from worker.logs import configure_logging
 
-    configure_logging(settings.log_format if settings else "text")
+    configure_logging(settings.log_format, settings.log_level)
 
 
-def _settings(config: str | None = None) -> Settings:
+def _settings(config: str | None = None, log_level: str | None = None) -> Settings:
     env = dict(os.environ)
     if config:
         env["NEWSMON_CONFIG"] = config
-    try:
-        return Settings.from_env(env)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    if log_level:
+        env["NEWSMON_LOG_LEVEL"] = log_level
+    return Settings.from_env(env)
 
 
 def _load(settings: Settings) -> Config:
-    try:
-        return load_config(settings.config_dir).config
-    except ConfigError as exc:
-        click.echo(f"invalid configuration:\n{exc}", err=True)
-        sys.exit(1)
+    return load_config(settings.config_dir).config
 
 
 @contextlib.contextmanager
 def _redis(settings: Settings) -> Iterator[str]:
-    """REDIS_URL, else the embedded Redis of the data dir (started here if none serves it)."""
+    """REDIS_URL, else the embedded Redis serving the data dir; if none runs, one started here
+    on the stopped instance's state (holding the data dir's lock meanwhile)."""
     url = settings.redis_url or embedded.running_url(settings.data_dir)
     if url:
         yield url
         return
-    server = embedded.EmbeddedRedis(settings.data_dir)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+    no_state = ServiceError(f"no newsmon state in {settings.data_dir}: nothing has run with "
+                            "this data folder; start `newsmon run`, or set NEWSMON_DATA_DIR or "
+                            "REDIS_URL to the instance's")
+    if not settings.data_dir.is_dir():
+        raise no_state
+    with embedded.own_data_dir(settings.data_dir, "view", wait=10.0):
+        if not embedded.has_state(settings.data_dir):
+            raise no_state
+        server = embedded.EmbeddedRedis(settings.data_dir)
+        try:
+            yield server.start()
+        finally:
+            server.stop()
 
 
-@click.group()
+class _Main(click.Group):
+    """The command group: an expected failure in any command is one line and an exit code
+    (worker/failures.py), never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            said = failures.describe(exc)
+            if said is None:
+                raise
+            lines, code = said
+            for line in lines:
+                click.echo(f"newsmon: {line}", err=True)
+            raise click.exceptions.Exit(code) from None
+
+
+@click.group(cls=_Main)
 @click.version_option(__version__, prog_name="newsmon")
 def main() -> None:
     """newsmon: monitor news feeds, deduplicate stories, alert on watchlists."""
@@ -90,8 +112,8 @@ def normalize(sources: tuple[str, ...], out_dir: str, full_text: str | None,
     from worker.parse import parse_feed
     from worker.pipeline import full_text as fetch_full_text
 
-    _setup_logging()
     settings = _settings(config)
+    _setup_logging(settings)
     configured = {f.url: f for f in _load(settings).feeds} if config else {}
     fetcher = Fetcher(settings.allow_networks)
     next_seq = local_sequence(Path(out_dir))
@@ -234,15 +256,21 @@ def _warn_unjudged(watchlists: list[Any]) -> None:
 
 
 @main.command()
-@click.option("--config", type=click.Path(), default=None, help="Configuration folder.")
+@click.option("--config", type=click.Path(), default=None,
+              help="Configuration folder, or one YAML file.")
 def check(config: str | None) -> None:
-    """Validate the configuration and print a summary with secrets hidden."""
+    """Validate the configuration and the environment; print a summary with secrets hidden.
+    Exits 1 when anything would not work."""
+    from worker.checks import CHECKED, config_problems, referenced_variables
     from worker.match import compile_watchlists
 
     settings = _settings(config)
-    cfg = _load(settings)
+    loaded = load_config(settings.config_dir)
+    cfg = loaded.config
     matcher = compile_watchlists(cfg.watchlists)
-    click.echo(f"configuration {settings.config_dir}: OK")
+    problems = config_problems(cfg, os.environ, referenced_variables(loaded.files))
+    click.echo(f"configuration {settings.config_dir}: "
+               + (f"{len(problems)} problem(s)" if problems else "OK"))
     click.echo(f"feeds: {len(cfg.feeds)}")
     for f in cfg.feeds:
         click.echo(f"  {f.name}  {f.url}  every {f.every:g}s  full_text {f.full_text}"
@@ -257,11 +285,16 @@ def check(config: str | None) -> None:
                    + f"  entities {len(w.entities)}  "
                    f"webhook {w.webhook or '-'}"
                    + (f"  notify {len(w.notify)} (***)" if w.notify else ""))
+    click.echo("checked: " + "; ".join(CHECKED))
+    for problem in problems:
+        click.echo(f"newsmon: {problem}", err=True)
+    sys.exit(1 if problems else 0)
 
 
 # -- the service --------------------------------------------------------------------------------
 @main.command()
-@click.option("--config", type=click.Path(), default=None, help="Configuration folder.")
+@click.option("--config", type=click.Path(), default=None,
+              help="Configuration folder, or one YAML file.")
 @click.option("--once", is_flag=True, help="Poll every feed once, process everything, exit.")
 @click.option("--concurrency", type=int, default=16, show_default=True,
               help="Fetch threads (fetching waits on the network).")
@@ -271,29 +304,86 @@ def check(config: str | None) -> None:
               help="Delivery threads (webhooks and notifications).")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="With --once: seconds to wait for the new alerts' deliveries.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
+              help="newsmon's log level (default: NEWSMON_LOG_LEVEL, else info); debug also "
+                   "shows Celery's own lines and banner.")
 def run(config: str | None, once: bool, concurrency: int, processes: int | None,
-        deliver_concurrency: int, timeout: float) -> None:
+        deliver_concurrency: int, timeout: float, log_level: str | None) -> None:
     """Run the workers and the scheduler together (or one pass with --once): one pool per kind
     of work (schedule, fetch, process, deliver), see docs/scaling.md."""
-    settings = _settings(config)
+    from worker.checks import config_problems, referenced_variables
+
+    settings = _settings(config, log_level)
     _setup_logging(settings)
-    _load(settings)
-    with _redis(settings) as url:
-        if once:
-            from worker.sentry import init_sentry
-            from worker.service import Service
+    loaded = load_config(settings.config_dir)
+    cfg = loaded.config
+    for problem in config_problems(cfg, os.environ, referenced_variables(loaded.files)):
+        log.warning("newsmon check would refuse this: %s", problem)
+    if once and settings.redis_url:  # nothing of the data folder is used: no lock needed
+        sys.exit(_run_once(settings, cfg, settings.redis_url, timeout))
+    redis_label = redact_url(settings.redis_url) if settings.redis_url else "embedded"
+    with embedded.own_data_dir(settings.data_dir, "run", redis=redis_label,
+                               config=str(settings.config_dir.resolve())) as lock:
+        server = None if settings.redis_url else embedded.EmbeddedRedis(settings.data_dir)
+        url = settings.redis_url or server.start()  # type: ignore[union-attr]
+        lock.add_child(server.pid if server else None)
+        try:
+            if once:
+                code = _run_once(settings, cfg, url, timeout)
+            else:
+                from worker.store import Store
 
-            init_sentry("run")
+                Store.from_url(url).r.ping()  # an unreachable REDIS_URL: one line, not retries
+                log.info("%s", startup_summary(settings, cfg, url, embedded=server is not None))
+                sizes = {"fetch": concurrency, "deliver": deliver_concurrency,
+                         **({"process": processes} if processes else {})}
+                code = _run_celery(settings, url, sizes, lock)
+        finally:
+            if server:
+                server.stop()
+    sys.exit(code)
 
-            summary = Service(settings, url).run_once(delivery_timeout=timeout)
-            for name, reason in summary["failed"]:
-                click.echo(f"feed {name} failed: {reason}", err=True)
-            click.echo(f"polled {summary['feeds']} feeds ({len(summary['failed'])} failed), "
-                       f"{summary['new_items']} new items, {len(summary['alerts'])} alerts"
-                       + _delivery_summary(summary["deliveries"]))
-            return
-        sys.exit(_run_celery(settings, url, {"fetch": concurrency, "deliver": deliver_concurrency,
-                                             **({"process": processes} if processes else {})}))
+
+def startup_summary(settings: Settings, cfg: Config, url: str, embedded: bool) -> str:
+    """One line saying what runs: feeds, watchlists, webhooks, where dumps and state go, which
+    Redis (credentials hidden)."""
+    # Only the host of a webhook: its path and query often hold a token.
+    hooks = ", ".join(f"{name} {_origin(hook.url.get_secret_value())}"
+                      for name, hook in cfg.webhooks.items())
+    redis_where = (f"embedded Redis {url} (data in {settings.data_dir.resolve()})" if embedded
+                   else f"Redis {redact_url(url)}")
+    return (f"newsmon {__version__} starting: {len(cfg.feeds)} feeds, "
+            f"{len(cfg.watchlists)} watchlists, {len(cfg.webhooks)} webhooks"
+            + (f" ({hooks})" if hooks else "")
+            + f"; configuration {settings.config_dir.resolve()}; dumps to "
+              f"{settings.dump_dir.resolve()}; state in {redis_where}")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+def _run_once(settings: Settings, cfg: Config, url: str, timeout: float) -> int:
+    """One pass in this process, then a table of the feeds and a summary line."""
+    from worker.sentry import init_sentry
+    from worker.service import Service
+
+    init_sentry("run")
+    log.info("%s", startup_summary(settings, cfg, url, embedded=not settings.redis_url))
+    summary = Service(settings, url).run_once(delivery_timeout=timeout)
+    for name, reason in summary["failed"]:
+        click.echo(f"feed {name} failed: {reason}", err=True)
+    rows = [("FEED", "OUTCOME", "HTTP", "NEW", "ERROR")]
+    rows += [(name, o.get("outcome") or "-", str(o.get("status") or "-"),
+              str(o.get("new_items", 0)), o.get("error") or "")
+             for name, o in summary.get("polled", [])]
+    if len(rows) > 1:
+        _table(rows)
+    click.echo(f"polled {summary['feeds']} feeds ({len(summary['failed'])} failed), "
+               f"{summary['new_items']} new items, {len(summary['alerts'])} alerts"
+               + _delivery_summary(summary["deliveries"]))
+    return 0
 
 
 def _delivery_summary(states: dict[str, int]) -> str:
@@ -306,27 +396,37 @@ def _delivery_summary(states: dict[str, int]) -> str:
         "; the rest stay in the outbox for the next run" if left else "")
 
 
-def _run_celery(settings: Settings, url: str, sizes: dict[str, int]) -> int:
+def _run_celery(settings: Settings, url: str, sizes: dict[str, int],
+                lock: embedded.DataDirLock) -> int:
     """One Celery worker per pool (see worker/layout.py), the beat inside the schedule
     worker; SIGTERM stops them within SHUTDOWN_GRACE seconds. If one of them dies, the others
-    are stopped too and its exit code is returned (a supervisor restarts the whole)."""
+    are stopped too and its exit code is returned (a supervisor restarts the whole). The
+    children die with us even if we are SIGKILLed (parent-death signal)."""
     from worker.layout import POOLS, worker_argv
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "REDIS_URL": url, "NEWSMON_CONFIG": str(settings.config_dir)}
+    data_dir = settings.data_dir.resolve()
+    env = {**os.environ, "REDIS_URL": url, "NEWSMON_CONFIG": str(settings.config_dir.resolve()),
+           "NEWSMON_DATA_DIR": str(data_dir), "NEWSMON_LOG_LEVEL": settings.log_level,
+           "NEWSMON_DUMP_DIR": str(settings.dump_dir.resolve())}
     if settings.metrics_port is not None:  # one folder for every pool: one port serves them all
-        shared = settings.data_dir / "metrics" / f"run-{os.getpid()}"
+        shared = data_dir / "metrics" / f"run-{os.getpid()}"
         shared.mkdir(parents=True, exist_ok=True)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(shared)
+    loud = settings.log_level == "debug"
     children = []
     for pool in POOLS:
-        schedule = str(settings.data_dir / "celerybeat-schedule") if pool.queue == "schedule" else None
+        schedule = str(data_dir / "celerybeat-schedule") if pool.queue == "schedule" else None
+        # No start-up banner unless debugging (and with JSON logs every line is JSON).
         argv = worker_argv(pool, sizes.get(pool.queue), beat_schedule=schedule,
-                           quiet=settings.log_format == "json")  # JSON: no start-up banner
+                           quiet=not loud or settings.log_format == "json")
+        argv[argv.index("--loglevel") + 1] = "INFO" if loud else "WARNING"
         own = dict(env)
         if pool.queue != "schedule":
             own.pop("NEWSMON_METRICS_PORT", None)
-        children.append(subprocess.Popen([sys.executable, "-m", "celery", *argv], env=own))
+        child = subprocess.Popen([sys.executable, "-m", "celery", *argv], env=own,
+                                 **embedded.child_options(signal.SIGTERM))
+        lock.add_child(child.pid)
+        children.append(child)
     stopping: list[float] = []
 
     def stop(signum: int, _frame: Any) -> None:
@@ -339,20 +439,25 @@ def _run_celery(settings: Settings, url: str, sizes: dict[str, int]) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     failed: int | None = None
-    while any(child.poll() is None for child in children):
-        ended = [child.returncode for child in children if child.returncode is not None]
-        if ended and not stopping:
-            failed = ended[0]
-            log.error("a worker pool exited (code %s): stopping the others", failed)
-            stop(signal.SIGTERM, None)
-        if stopping and time.monotonic() - stopping[0] > SHUTDOWN_GRACE:
-            log.warning("tasks still running after %ss: stopping them (they run again later)",
-                        SHUTDOWN_GRACE)
-            for child in children:
-                if child.poll() is None:
-                    child.kill()
-        time.sleep(0.5)
-    return failed if failed is not None else 0
+    try:
+        while any(child.poll() is None for child in children):
+            ended = [child.returncode for child in children if child.returncode is not None]
+            if ended and not stopping:
+                failed = ended[0]
+                log.error("a worker pool exited (code %s): stopping the others", failed)
+                stop(signal.SIGTERM, None)
+            if stopping and time.monotonic() - stopping[0] > SHUTDOWN_GRACE:
+                log.warning("tasks still running after %ss: stopping them (they run again "
+                            "later)", SHUTDOWN_GRACE)
+                for child in children:
+                    if child.poll() is None:
+                        child.kill()
+            time.sleep(0.5)
+        return failed if failed is not None else 0
+    finally:  # the workers' own children (the beat, pool processes) go with them
+        for child in children:
+            with contextlib.suppress(OSError):
+                os.killpg(child.pid, signal.SIGKILL)
 
 
 # -- views ------------------------------------------------------------------------------------
@@ -370,20 +475,22 @@ def status(config: str | None, as_json: bool) -> None:
     from worker.store import Store
 
     settings = _settings(config)
-    cfg = _load(settings)
+    cfg = _view_config(settings)
     with _redis(settings) as url:
         store = Store.from_url(url)
-        states = store.feed_states([f.name for f in cfg.feeds])
         due = store.due_times()
+        urls = {f.name: f.url for f in cfg.feeds} if cfg else dict.fromkeys(sorted(due), "")
+        states = store.feed_states(list(urls))
         totals = store.stats()
-        webhooks = _webhook_states(store, cfg)
+        webhooks = _webhook_states(store, cfg) if cfg else []
     feeds = []
-    for feed, st in zip(cfg.feeds, states, strict=True):
+    for (name, feed_url), st in zip(urls.items(), states, strict=True):
         feeds.append({
-            "name": feed.name, "url": redact_url(feed.url), "last_fetch": _num(st.get("last_fetch")),
+            "name": name, "url": redact_url(feed_url) if feed_url else "-",
+            "last_fetch": _num(st.get("last_fetch")),
             "outcome": st.get("outcome") or "never fetched", "error": st.get("error") or None,
             "http_status": _int(st.get("status")), "new_items": _int(st.get("new_items")) or 0,
-            "failures": _int(st.get("failures")) or 0, "next_due": due.get(feed.name),
+            "failures": _int(st.get("failures")) or 0, "next_due": due.get(name),
             "health": st.get("health") or ("healthy" if st else "unknown"),
             "failing_since": _num(st.get("failing_since")), "stale": st.get("stale") == "1",
             "newest_item": _num(st.get("newest")), "usual_gap": _num(st.get("rhythm"))})
@@ -401,6 +508,21 @@ def status(config: str | None, as_json: bool) -> None:
             click.echo(f"\nwebhook {hook['name']} DISABLED: {hook['disabled']} "
                        "(until its configuration changes)")
     click.echo("\n" + "  ".join(f"{k}: {v}" for k, v in totals.items()))
+
+
+def _view_config(settings: Settings) -> Config | None:
+    """The configuration a view shows: the one given (--config, NEWSMON_CONFIG), else the one
+    the running instance uses, else ./schedules if it exists; None: the state in Redis only."""
+    if settings.config_given:
+        return _load(settings)
+    running = embedded.owner(settings.data_dir) or {}
+    for folder in (running.get("config"), settings.config_dir):
+        if folder and Path(folder).exists():
+            try:
+                return load_config(folder).config
+            except ConfigError as exc:  # not asked for: the view still shows the state
+                log.warning("not using the configuration in %s: %s", folder, exc.problems[0])
+    return None
 
 
 def _health(feed: dict[str, Any]) -> str:
@@ -565,6 +687,7 @@ def alerts_replay(config: str | None, dead: bool, alert_ids: tuple[str, ...]) ->
     with _redis(settings) as url:
         service = Service(settings, url)
         queued = service.replay_dead() if dead else service.replay(list(alert_ids))
+        beat = service.store.last_beat()
     missing = [aid for aid, n in queued.items() if n < 0]
     for aid, n in queued.items():
         if n > 0:
@@ -575,7 +698,15 @@ def alerts_replay(config: str | None, dead: bool, alert_ids: tuple[str, ...]) ->
         click.echo(f"{aid}: no such alert", err=True)
     if not queued:
         click.echo("no dead-lettered alerts")
+    if any(n > 0 for n in queued.values()) and not _service_alive(beat, settings):
+        click.echo("no worker is running (no recent beat tick): the queued deliveries are sent "
+                   "once `newsmon run` runs, or now with `newsmon run --once`", err=True)
     sys.exit(1 if missing else 0)
+
+
+def _service_alive(beat: float | None, settings: Settings) -> bool:
+    """A beat tick is a task a worker ran: a recent one means worker and beat both run."""
+    return beat is not None and time.time() - beat <= max(30.0, 6 * settings.tick_seconds)
 
 
 @main.group()
@@ -628,16 +759,20 @@ def webhook_list(config: str | None) -> None:
     _table(rows)
 
 
+BENCH_PARTS = ("parse", "match", "backtest", "dedupe", "poll", "latency", "deliver", "scale")
+
+
 @main.command()
 @click.option("--quick", is_flag=True, help="Smaller inputs: a rough figure in seconds.")
-@click.option("--only", multiple=True,
-              help="Run only these parts: parse, match, backtest, dedupe, poll, latency, "
-                   "deliver, scale.")
-def bench(quick: bool, only: tuple[str, ...]) -> None:
-    """Print speed figures (per core) for each stage of the pipeline."""
+@click.option("--only", multiple=True, type=click.Choice(BENCH_PARTS),
+              help="Run only this part (repeatable).")
+@click.argument("parts", nargs=-1, type=click.Choice(BENCH_PARTS))
+def bench(quick: bool, only: tuple[str, ...], parts: tuple[str, ...]) -> None:
+    """Print speed figures (per core) for each stage of the pipeline: all of them, or the
+    PARTS named (`newsmon bench match` is `newsmon bench --only match`)."""
     from worker.bench import run_benchmarks
 
-    run_benchmarks(quick=quick, only=set(only))
+    run_benchmarks(quick=quick, only={*only, *parts})
 
 
 

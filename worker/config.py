@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -63,7 +64,17 @@ def _http_url(value: Any) -> str:
     return value.strip()
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+def _duration(value: Any, info: ValidationInfo) -> float:
+    # In YAML a bare number is ambiguous (``every: 5`` is not 5 minutes): ask for a unit.
+    # Python callers (a model_dump validated again) still pass seconds as numbers.
+    from_yaml = isinstance(info.context, dict) and info.context.get("yaml")
+    if from_yaml and isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"expected a duration with a unit such as 30s, 5m, 2h or 2d, got "
+                         f"{value!r} (a bare number would mean seconds: write {value:g}s)")
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
 HttpUrl = Annotated[str, BeforeValidator(_http_url)]
 
 
@@ -232,7 +243,7 @@ def _load_file(path: Path, env: dict[str, str], problems: list[str]) -> Config |
     before = len(problems)
     raw = _expand_vars(raw, (), env, problems, name)
     try:
-        config = Config.model_validate(raw)
+        config = Config.model_validate(raw, context={"yaml": True})
     except ValidationError as exc:
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
@@ -241,14 +252,24 @@ def _load_file(path: Path, env: dict[str, str], problems: list[str]) -> Config |
     return config if len(problems) == before else None
 
 
+def config_files(root: Path) -> list[Path]:
+    """The YAML files of a configuration: the folder's ``*.yaml``/``*.yml``, or one file."""
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise ConfigError(f"{root}: configuration folder not found (looked in {root.absolute()}); "
+                          "give --config PATH (a folder of *.yaml files, or one YAML file) "
+                          "or set NEWSMON_CONFIG")
+    return sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
 def load_config(folder: str | os.PathLike[str] | None = None,
                 env: dict[str, str] | None = None) -> LoadedConfig:
-    """Read and merge every ``*.yaml`` in the folder; raise ConfigError listing every problem."""
+    """Read and merge every ``*.yaml`` in the folder (or the one file given); raise ConfigError
+    listing every problem."""
     env = dict(os.environ if env is None else env)
     root = Path(folder or env.get("NEWSMON_CONFIG") or DEFAULT_CONFIG_DIR)
-    if not root.is_dir():
-        raise ConfigError(f"{root}: configuration folder not found")
-    files = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    files = config_files(root)
     problems: list[str] = []
     parts = [(str(p), c) for p in files if (c := _load_file(p, env, problems)) is not None]
     if problems:
@@ -337,8 +358,8 @@ class ConfigWatcher:
     def _stat(self) -> tuple[Any, ...]:
         try:
             return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
-                                for p in self.folder.iterdir() if p.suffix in (".yaml", ".yml")))
-        except OSError:
+                                for p in config_files(self.folder)))
+        except (OSError, ConfigError):
             return ()
 
     def current(self) -> Config:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,7 +135,10 @@ def place_dump(path: Path, text: str) -> bool:
     """
     data = text.encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".txt")
+    # Not mkstemp: its files are 0600 whatever the umask, and a dump folder is often shared
+    # (another user or container reads it). O_EXCL keeps the name ours alone.
+    tmp = path.parent / f".tmp-{uuid.uuid4().hex}.txt"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)

@@ -8,9 +8,11 @@
     ├── FetchError               a fetch failed; ``reason`` is a short user-facing cause
     │   ├── TransientFetchError  may succeed next time: DNS, connect, timeout, 5xx, 429
     │   └── PermanentFetchError  won't get better by retrying now: refused address, 4xx, size cap
-    └── DeliveryError            a webhook or notification attempt failed
-        ├── TransientDeliveryError   5xx, 408, 429, timeouts, connection errors: retry later
-        └── PermanentDeliveryError   other 4xx, refused address: dead-letter at once
+    ├── DeliveryError            a webhook or notification attempt failed
+    │   ├── TransientDeliveryError   5xx, 408, 429, timeouts, connection errors: retry later
+    │   └── PermanentDeliveryError   other 4xx, refused address: dead-letter at once
+    └── ServiceError             the service cannot start here (says what to do instead)
+        └── DataDirBusy          another process holds the data folder's lock
 
 Transient errors are the only ones worth retrying. All of them keep their
 arguments in ``args`` so that they survive pickling (Celery serializes them).
@@ -99,3 +101,11 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Not worth retrying: dead-letter the alert."""
+
+
+class ServiceError(NewsmonError):
+    """The service cannot start: the embedded Redis does not come up, and the like."""
+
+
+class DataDirBusy(ServiceError):
+    """Another newsmon process owns the data folder (and its embedded Redis)."""

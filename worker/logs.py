@@ -20,13 +20,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
+def configure_logging(fmt: str = "text", level: int | str = logging.INFO) -> None:
+    """newsmon's loggers at ``level`` (a name such as "info", or a number); Celery and other
+    libraries at WARNING, unless ``level`` is debug (then they log at INFO too)."""
+    if isinstance(level, str):
+        level = int(getattr(logging, level.upper()))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(logging.INFO if level <= logging.DEBUG else max(level, logging.WARNING))
+    for ours in ("newsmon", "worker"):
+        logging.getLogger(ours).setLevel(level)
     logging.captureWarnings(True)  # Python warnings become log lines (JSON too)
     # httpx logs every request at INFO; our own fetch log line says what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from worker.settings import default_data_dir
+
 if TYPE_CHECKING:
     from worker.store import Store
 
@@ -30,7 +32,7 @@ log = logging.getLogger("newsmon.metrics")
 def _multiprocess_dir() -> None:
     if not os.environ.get("NEWSMON_METRICS_PORT") or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
-    root = Path(os.environ.get("NEWSMON_DATA_DIR") or ".newsmon") / "metrics"
+    root = Path(os.environ.get("NEWSMON_DATA_DIR") or default_data_dir()) / "metrics"
     with contextlib.suppress(OSError):
         for old in root.iterdir():
             if old.name.isdigit() and not _running(int(old.name)):

@@ -70,7 +70,7 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
                        last_modified=result.last_modified or state.get("last_modified"))
         if result.not_modified:
             outcome.update(outcome="not modified", failures=0, error="", last_ok=now)
-            log.info("feed=%s outcome=not-modified status=304", feed.name, extra=ids)
+            log.debug("feed=%s outcome=not-modified status=304", feed.name, extra=ids)
             return record_poll(feed, store, state, outcome, now, next_due_after_success(now, feed.every))
         parsed = parse(result.content, result.content_type)
     except (FetchError, NotAFeedError) as exc:
@@ -87,7 +87,7 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
         submit(feed, parsed, fresh)
     outcome.update(outcome="ok", error="", failures=0, new_items=len(fresh), last_ok=now,
                    **item_rhythm(parsed, bool(fresh), now))
-    log.info("feed=%s outcome=ok status=%s entries=%d new=%d", feed.name, outcome["status"],
+    log.debug("feed=%s outcome=ok status=%s entries=%d new=%d", feed.name, outcome["status"],
              len(parsed.entries), len(fresh), extra=ids)
     return record_poll(feed, store, state, outcome, now,
                        next_due_after_success(now, feed.every, parsed.ttl_minutes))

@@ -166,6 +166,15 @@ class Service:
         return process_entries(feed, parsed, items, self.store, self.matcher(),
                                self.settings.dump_dir, time.time())
 
+    def cycle_step(self, cycle: str, failed_feed: str = "", **increments: int) -> None:
+        """Count a step of a poll cycle (a fetch, a processed batch); the step that ends it
+        logs the cycle's one summary line."""
+        if not cycle:  # a task queued by an older version, or not from a beat tick
+            return
+        fields = self.store.cycle_step(cycle, failed_feed, **increments)
+        if fields is not None:
+            log.info("%s", cycle_summary(fields))
+
     def run_once(self, workers: int = 8, delivery_timeout: float = 60.0) -> dict[str, Any]:
         """Poll every feed once and process everything that came in, in this process; then
         deliver until every new alert is delivered, dead or only recorded, or the timeout."""
@@ -182,6 +191,7 @@ class Service:
                   if o.get("outcome") == "failed"]
         deliveries = self.deliver_until_done(alerts, delivery_timeout, workers=2 * workers)
         return {"feeds": len(config.feeds), "failed": failed,
+                "polled": [(f.name, o) for f, o in zip(config.feeds, outcomes, strict=True)],
                 "new_items": sum(o.get("new_items", 0) for o in outcomes), "alerts": alerts,
                 "deliveries": deliveries}
 
@@ -294,6 +304,18 @@ class Service:
         if hook is None:
             raise ConfigError(f"no webhook named {name!r} in {self.settings.config_dir}")
         return ping_webhook(self.sender, name, hook, time.time(), "ping_" + uuid.uuid4().hex)
+
+
+def cycle_summary(fields: dict[str, str]) -> str:
+    """"poll cycle: 3 feeds polled, 5 new articles, 1 alert, 1 failed (wire)"."""
+    failed = sorted(k.removeprefix("fail:") for k in fields if k.startswith("fail:"))
+
+    def n(key: str) -> int:
+        return int(fields.get(key) or 0)
+
+    return (f"poll cycle: {n('polled')} feeds polled, {n('new')} new articles, "
+            f"{n('alerts')} alerts, {len(failed)} failed" + (f" ({', '.join(failed)})"
+                                                             if failed else ""))
 
 
 # -- JSON for Celery messages ---------------------------------------------------------------

@@ -22,6 +22,9 @@ Keys (prefix ``newsmon:``):
     webhook:disabled:{h} string  why the webhook configuration with digest h is off (410 Gone)
     seq:{YYYY-MM-DD}     counter dump file sequence per day folder
     stats                hash    articles, stories, duplicates, alerts
+    cycle:{id}           hash    one beat tick's poll cycle: feeds, polled, new, failed, batches
+                                 (process tasks not yet done), alerts, fail:{feed}, logged
+                                 (TTL: an hour after its last update)
     articles             stream  one JSON entry per new story's article (bounded)
     alerts               stream  one JSON entry per alert (bounded)
 
@@ -171,6 +174,21 @@ return {ARGV[4], 1}
 
 # A feed health event into the outbox, once per id (its id derives from what happened).
 # ARGV: prefix, event id, event JSON, created
+# One step of a poll cycle: add the increments; the caller that completes the cycle (every feed
+# polled, every batch processed) gets its fields back, once. ARGV: ttl, failed feed or "",
+# then field, increment pairs.
+_CYCLE_STEP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'fail:' .. ARGV[2], 1) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local c = redis.call('HMGET', KEYS[1], 'feeds', 'polled', 'batches', 'logged')
+if c[4] or tonumber(c[2] or 0) < tonumber(c[1]) or tonumber(c[3] or 0) > 0 then return false end
+redis.call('HSET', KEYS[1], 'logged', 1)
+return redis.call('HGETALL', KEYS[1])
+"""
+CYCLE_TTL = 3600
+
 _ADD_EVENT = """
 local a = ARGV[1] .. 'alert:' .. ARGV[2]
 if redis.call('EXISTS', a) == 1 then return 0 end
@@ -205,6 +223,7 @@ class Store:
         self._claim_seq = client.register_script(_CLAIM_SEQ)
         self._claim_alert = client.register_script(_CLAIM_ALERT)
         self._add_event = client.register_script(_ADD_EVENT)
+        self._cycle_step = client.register_script(_CYCLE_STEP)
         self.hosts = HostLeases(client, prefix)          # scale-out block, end of module
         self.versions = ConfigVersions(client, prefix)
 
@@ -303,6 +322,20 @@ class Store:
     def last_beat(self) -> float | None:
         value = self.r.get(self.p + "beat")
         return float(value) if value else None
+
+    def open_cycle(self, cycle: str, feeds: int) -> None:
+        """A poll cycle of ``feeds`` feeds handed out together."""
+        key = f"{self.p}cycle:{cycle}"
+        self.r.pipeline().hset(key, "feeds", feeds).expire(key, CYCLE_TTL).execute()
+
+    def cycle_step(self, cycle: str, failed_feed: str = "", **increments: int) -> \
+            dict[str, str] | None:
+        """Count one step of a cycle; returns the cycle's fields to the one step that completes
+        it (None to every other step, and for an unknown or expired cycle)."""
+        pairs = [x for field, n in increments.items() for x in (field, n)]
+        out = self._cycle_step(keys=[f"{self.p}cycle:{cycle}"],
+                               args=[CYCLE_TTL, failed_feed, *pairs])
+        return dict(zip(out[::2], out[1::2], strict=True)) if out else None
 
     # -- articles and stories ----------------------------------------------------------------
     def done_articles(self, article_ids: list[str]) -> set[str]:

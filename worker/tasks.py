@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import cache
+import uuid
+from functools import cache, partial
 from typing import Any
 
 from celery import Task
@@ -36,9 +37,13 @@ class NewsmonTask(Task):
 @app.task(base=NewsmonTask, name="newsmon.tick")
 def tick() -> None:
     feeds = service().due_feeds(time.time())
+    if not feeds:
+        return
     digest = service().config_digest()
+    cycle = uuid.uuid4().hex  # the feeds handed out together: one summary line when all done
+    service().store.open_cycle(cycle, len(feeds))
     for feed in feeds:
-        fetch.delay(feed.name, digest)
+        fetch.delay(feed.name, cycle, digest)
 
 
 @app.task(base=NewsmonTask, name="newsmon.heartbeat")
@@ -48,22 +53,29 @@ def heartbeat() -> None:
 
 
 @app.task(base=NewsmonTask, name="newsmon.fetch")
-def fetch(feed_name: str, config_digest: str | None = None) -> None:
+def fetch(feed_name: str, cycle: str = "", config_digest: str | None = None) -> None:
     tag(feed=feed_name)
     feed = service().feed_to_fetch(feed_name, config_digest, time.time())
+    outcome: dict[str, Any] = {}
     if feed is not None:  # None: removed from the configuration, or given back (a rollout)
-        service().poll(feed, submit_to_queue)
+        outcome = service().poll(feed, partial(submit_to_queue, cycle=cycle))
+    failed = outcome.get("outcome") == "failed"
+    service().cycle_step(cycle, feed_name if failed else "", polled=1,
+                         new=int(outcome.get("new_items") or 0))
 
 
-def submit_to_queue(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh]) -> None:
-    process.delay(feed.model_dump(), encode_batch(parsed, items))
+def submit_to_queue(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh],
+                    cycle: str = "") -> None:
+    service().cycle_step(cycle, batches=1)  # counted before it can be done
+    process.delay(feed.model_dump(), encode_batch(parsed, items), cycle)
 
 
 @app.task(base=NewsmonTask, name="newsmon.process")
-def process(feed: dict[str, Any], batch: dict[str, Any]) -> None:
+def process(feed: dict[str, Any], batch: dict[str, Any], cycle: str = "") -> None:
     tag(feed=str(feed.get("name")))
     parsed, items = decode_batch(batch)
     alerts = service().process(FeedConfig.model_validate(feed), parsed, items)
+    service().cycle_step(cycle, batches=-1, alerts=len(alerts))
     if alerts:  # sent now rather than at the next beat tick; the outbox has them either way
         send_deliveries(service().claim_deliveries(time.time(), alerts))
 
