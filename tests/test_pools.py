@@ -71,10 +71,10 @@ def test_a_black_holed_webhook_does_not_stop_polling(procs: Processes, http_serv
         "webhooks": {"hole": hook(url, retry=["1s"])},
         "watchlists": [{"name": "japan", "webhook": "hole", "entities": ["Japan"]}]}))
     procs.newsmon_run()  # 4 fetch threads: fewer than the attempts the black hole holds
-    wait_until(lambda: len(held) >= 4, 60, "deliveries stuck in the black hole")
+    wait_until(lambda: len(held) >= 4, 120, "deliveries stuck in the black hole")
     polls, alerts = http_server.hits("/feed"), len(procs.alert_ids())
-    wait_until(lambda: http_server.hits("/feed") >= polls + 4, 20, "polling to go on")
-    wait_until(lambda: len(procs.alert_ids()) >= alerts + 3, 20, "new items to become alerts")
+    wait_until(lambda: http_server.hits("/feed") >= polls + 4, 40, "polling to go on")
+    wait_until(lambda: len(procs.alert_ids()) >= alerts + 3, 40, "new items to become alerts")
     states = {procs.state(a) for a in procs.alert_ids()}
     assert "delivered" not in states  # nothing got through the black hole meanwhile
 
