@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import settings
 
 from tests.processes import Processes
+from worker import redact
 from worker.embedded import EmbeddedRedis
 
 DATA = Path(__file__).parent / "data"
@@ -120,3 +122,18 @@ def procs(tmp_path: Path, redis_url: str) -> Iterator[Processes]:
     p = Processes(tmp_path, redis_url)
     yield p
     p.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _forget_known_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no remembered secrets, as a process starts (worker/redact.py)."""
+    monkeypatch.setattr(redact, "_known", ())
+
+
+# Property-based tests (tests/test_properties.py) run a fixed budget, the same examples every
+# run (derandomized, no example database), so CI is stable; HYPOTHESIS_PROFILE=explore searches
+# further with fresh random examples.
+settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True,
+                          database=None, print_blob=True)
+settings.register_profile("explore", max_examples=5000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -40,7 +40,7 @@ def make_alert(store: Store, watchlist: str, n: int = 1, story: str | None = Non
     """Record an alert exactly as the pipeline does; returns its id."""
     art = article(n)
     story_id = story or art.id
-    store.r.hset(f"newsmon:story:{story_id}", mapping={"first_article": art.id, "copies": 1})
+    store.r.hset(store.keys.story(story_id), mapping={"first": art.id, "copies": 1})
     hit = WatchlistHit(watchlist, ("LNG",), (
         Match("LNG", "LNG", "title", 6, 9, "Japan LNG imports rise"),
         Match("LNG", "liquefied natural gas", "body", 25, 46, BODY)))

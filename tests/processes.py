@@ -12,6 +12,10 @@ from pathlib import Path
 
 import redis
 
+from worker.store import Keys
+
+KEYS = Keys()
+
 CELERY = [sys.executable, "-m", "celery", "-A", "worker.app"]
 
 
@@ -62,17 +66,17 @@ class Processes:
         return self.start(*CELERY, "beat", "--schedule", str(self.tmp / "beat-schedule"))
 
     def alert_ids(self) -> list[str]:
-        return self.redis.zrange("newsmon:alerts:by-time", 0, -1)
+        return self.redis.zrange(KEYS.by_time, 0, -1)
 
     def alerts(self) -> list[str]:
         """The watchlists of the alerts recorded so far, sorted."""
-        return sorted(self.redis.hget(f"newsmon:alert:{a}", "watchlist") for a in self.alert_ids())
+        return sorted(self.redis.hget(KEYS.alert(a), "watchlist") for a in self.alert_ids())
 
     def state(self, alert_id: str) -> str | None:
-        return self.redis.hget(f"newsmon:alert:{alert_id}", "state")
+        return self.redis.hget(KEYS.alert(alert_id), "state")
 
     def stats(self) -> dict[str, str]:
-        return self.redis.hgetall("newsmon:stats")
+        return {**self.redis.hgetall(KEYS.idx_stats), **self.redis.hgetall(KEYS.out_stats)}
 
     def logs(self) -> str:
         return "\n".join((self.tmp / f"proc{i}.log").read_text(errors="replace")

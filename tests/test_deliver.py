@@ -23,11 +23,10 @@ from worker.deliver import (
     next_attempt,
     notification_text,
     notify_dest,
+    notify_secrets,
     ping_payload,
-    redact,
     sign,
     signing_key,
-    url_secrets,
     webhook_digest,
     webhook_headers,
 )
@@ -35,6 +34,7 @@ from worker.dump import dump_of, render_dump
 from worker.errors import PermanentDeliveryError, TransientDeliveryError
 from worker.models import Match, WatchlistHit
 from worker.pipeline import alert_json
+from worker.redact import redact, url_secrets
 
 NOW = 1_700_000_000.0
 
@@ -210,7 +210,7 @@ def test_url_credentials_are_redacted():
     clean = redact(text, url_secrets(url))
     for secret in ("pa55word", "abc123secret", "T0KEN1", "B0KEN2"):
         assert secret not in clean
-    assert "slackTokenA" not in redact("to slackTokenA", url_secrets("slack://slackTokenA/b/c"))
+    assert "slackTokenA" not in redact("to slackTokenA", notify_secrets("slack://slackTokenA/b/c"))
 
 
 def test_plain_words_in_a_url_path_are_not_taken_for_tokens():

@@ -13,7 +13,7 @@ import yaml
 
 from tests.deliveries import hook, posts, verified
 from tests.feeds import LNG_STORY, item, rss
-from tests.processes import Processes, wait_until
+from tests.processes import KEYS, Processes, wait_until
 
 pytestmark = pytest.mark.integration
 RSS = {"Content-Type": "application/rss+xml"}
@@ -41,8 +41,8 @@ def test_an_alert_reaches_the_webhook_and_is_retried_through_beat(procs, http_se
     assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"] == alert_id
     assert verified(second)["data"]["article"]["title"] == "Japan LNG imports jump"
     # The first send went out as soon as the alert was made, not at the next tick.
-    made = float(procs.redis.hget(f"newsmon:alert:{alert_id}", "created"))
-    attempts = json.loads(procs.redis.hget(f"newsmon:alert:{alert_id}", "log"))
+    made = float(procs.redis.hget(KEYS.alert(alert_id), "created"))
+    attempts = json.loads(procs.redis.hget(KEYS.alert(alert_id), "log"))
     assert attempts[0]["at"] - made < 1.0
     assert 0.7 <= attempts[1]["at"] - attempts[0]["at"] < 6
     time.sleep(2)

@@ -41,7 +41,7 @@ def test_an_alert_is_delivered_signed_and_valid_with_its_id_as_webhook_id(
     service = make_service(tmp_path, redis_url, {"ops": hook(http_server.url("/hook"))},
                            [{"name": "energy", "webhook": "ops"}])
     alert_id = make_alert(service.store, "energy")
-    service.store.r.hincrby(f"newsmon:story:{service.store.alert(alert_id)['story']}", "copies", 2)
+    service.store.r.hincrby(service.store.keys.story(service.store.alert(alert_id)['story']), "copies", 2)
     assert service.deliver_until_done([alert_id], timeout=10) == {"delivered": 1}
     [request] = posts(http_server, "/hook")
     payload = verified(request)
@@ -55,7 +55,7 @@ def test_an_alert_is_delivered_signed_and_valid_with_its_id_as_webhook_id(
     assert (entry["dest"], entry["attempt"], entry["status"], entry["outcome"]) == (
         "webhook:ops", 1, 204, "delivered")
     assert entry["latency_ms"] >= 0 and entry["at"] > time.time() - 60
-    assert service.store.r.zcard("newsmon:outbox") == 0
+    assert service.store.r.zcard(service.store.keys.outbox) == 0
 
 
 def test_500_twice_then_204_is_delivered_on_the_third_attempt_with_one_id(
@@ -336,7 +336,7 @@ def test_an_alert_without_destinations_is_recorded_and_leaves_the_outbox(
     service = make_service(tmp_path, redis_url, {}, [{"name": "quiet"}])
     alert_id = make_alert(service.store, "quiet")
     assert service.deliver_until_done([alert_id], timeout=5) == {"recorded": 1}
-    assert service.store.r.zcard("newsmon:outbox") == 0
+    assert service.store.r.zcard(service.store.keys.outbox) == 0
     # A webhook added later: a replay finds the destinations anew.
     write_config(tmp_path / "config", {"ops": hook(http_server.url("/hook"))},
                  [{"name": "quiet", "webhook": "ops"}])
@@ -434,7 +434,7 @@ def test_no_secret_reaches_logs_or_the_alert_record(tmp_path, redis_url, http_se
     with caplog.at_level(logging.DEBUG):
         service.deliver_until_done([alert_id], timeout=1.5)
         service.test_webhook("ops")
-    record = str(service.store.r.hgetall(f"newsmon:alert:{alert_id}"))
+    record = str(service.store.r.hgetall(service.store.keys.alert(alert_id)))
     keys = " ".join(service.store.r.keys("*"))
     assert "HTTP 500" in caplog.text
     for secret in ("PATHSECRET1", "USERSECRET2", "NOTIFYSECRET3", "NOTIFYPATH4",

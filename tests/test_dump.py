@@ -15,6 +15,7 @@ from worker.dump import (
     day_of,
     dump_of,
     dump_path,
+    dump_problems,
     local_sequence,
     parse_dump,
     place_dump,
@@ -303,3 +304,41 @@ def test_dump_files_honour_the_umask(tmp_path: Path, umask: int, mode: int) -> N
         os.umask(old)
     assert path.stat().st_mode & 0o777 == mode
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+
+# --- strict dumps ------------------------------------------------------------------------------
+
+def test_dump_of_makes_every_field_strict() -> None:
+    dirty = article(datetime(2025, 1, 2, 3, 4, tzinfo=UTC), title=" \x9dTitle\x00  with\ttabs ",
+                    author="Au\x07thor \ud800", paragraphs=("  One.  ", "", "\x85", "Two\x7f."))
+    dump = dump_of(dirty)
+    assert (dump.title, dump.author, dump.paragraphs) == ("Title with tabs", "Author",
+                                                          ("One.", "Two."))
+    assert dump_problems(render_dump(dump)) == []
+
+
+def test_an_empty_title_is_untitled_in_the_dump() -> None:
+    dump = dump_of(article(datetime(2025, 1, 2, tzinfo=UTC), title=" \x00 "))
+    assert dump.title == "(untitled)"
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    (" date 2025-01-02 T\nA Published January 02, 2025 | 03:04 AM\n\nbody\n", "an empty line"),
+    (" date 2025-01-02 T \nA Published January 02, 2025 | 03:04 AM\nbody\n", "a trailing space"),
+    (" date 2025-01-02 T\nA Published January 02, 2025 | 03:04 AM\nbo\x9ddy\n",
+     "a control character"),
+    (" date 2025-01-02 T\nA Published January 02, 2025 | 03:04 AM\nbo\ud800dy\n", "UTF-8"),
+    (" date 2025-01-02 T\nA Published January 02, 2025 | 03:04 AM\n",
+     "no body lines although the entry had text"),
+    (" date 2025-01-02 T\nA Published January 02, 2025 | 03:04 AM", "final newline"),
+    (" date 2025-01-02 T\n", "author-and-time line"),
+])
+def test_dump_problems_names_each_breach_of_the_strict_format(text: str, problem: str) -> None:
+    problems = dump_problems(text)
+    assert problems and any(problem in p or problem in p.replace("a newline", "final newline")
+                            for p in problems), problems
+
+
+def test_a_title_only_dump_is_strict_when_the_entry_had_no_text() -> None:
+    text = " date 2025-01-02 T\nA Published January 02, 2025 | 03:04 AM\n"
+    assert dump_problems(text, had_text=False) == []

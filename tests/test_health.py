@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from tests.deliveries import SECRET, posts, verified
 from tests.feeds import LNG_STORY, item, rss
-from tests.processes import wait_until
+from tests.processes import KEYS, wait_until
 from worker.cli import main
 from worker.config import ConfigError, load_config
 from worker.health import (
@@ -118,6 +118,7 @@ def make_service(tmp_path, redis_url, server, **feed_options) -> Service:
 
 
 def poll(service: Service, now: float) -> dict:
+    service.store.sync_feeds(["wire"], now)  # a configured feed (its state is kept only then)
     return poll_feed(service.feed("wire"), service.store, service.fetcher, now,
                      lambda *_: None)
 
@@ -142,7 +143,7 @@ def test_a_failing_feed_is_reported_once_and_its_recovery_too(tmp_path, redis_ur
     assert poll(service, start + 150 * 60)["health"] == HEALTHY
     assert service.store.feed_state("wire")["failing_since"] == ""
 
-    service.deliver_until_done(service.store.r.zrange("newsmon:outbox", 0, -1), timeout=10)
+    service.deliver_until_done(service.store.r.zrange(service.store.keys.outbox, 0, -1), timeout=10)
     events = sorted((verified(r) for r in posts(http_server, "/ops")), key=lambda e: e["timestamp"])
     assert [e["type"] for e in events] == ["feed.failing", "feed.recovered"]
     failing, recovered = events[0]["data"], events[1]["data"]
@@ -169,7 +170,7 @@ def test_without_a_health_webhook_events_are_only_recorded(tmp_path, redis_url, 
     now = time.time()
     poll(service, now - 10)
     poll(service, now)
-    [event] = service.store.r.zrange("newsmon:outbox", 0, -1)
+    [event] = service.store.r.zrange(service.store.keys.outbox, 0, -1)
     assert service.deliver_until_done([event], timeout=5) == {"recorded": 1}
     assert posts(http_server, "/ops") == []
 
@@ -232,7 +233,7 @@ def test_health_says_why_it_is_unhealthy_in_one_line(procs):
     assert (code, out) == (1, f"unhealthy: Redis at redis://***@127.0.0.1:{closed}/0 does not answer")
     code, out = health(procs)
     assert (code, out) == (1, "unhealthy: no recent beat tick (last: never; limit 30 s)")
-    procs.redis.set("newsmon:beat", time.time() - 100)
+    procs.redis.set(KEYS.beat, time.time() - 100)
     code, out = health(procs, "--max-beat-age", "120")
     assert (code, out) == (1, "unhealthy: no worker answered a ping within 2 s")
     code, out = health(procs)

@@ -156,11 +156,11 @@ def test_cluster_gauges_are_derived_from_the_feed_states_in_redis(redis_url):
                                          ("b", "healthy", "1", "not modified"),
                                          ("c", "degraded", "0", "failed"),
                                          ("d", "failing", "0", "failed")):
-        store.r.hset(f"newsmon:feed:{name}", mapping={"health": health, "stale": stale,
+        store.r.hset(store.keys.feed(name), mapping={"health": health, "stale": stale,
                                                       "outcome": outcome})
-    store.r.hset("newsmon:feed:removed", mapping={"health": "failing"})  # not configured
-    store.r.zadd("newsmon:outbox", {"x": now - 1, "y": now + 60, "z": now + 90})
-    store.r.zadd("newsmon:dead", {"w|webhook:desk": now})
+    store.r.hset(store.keys.feed("removed"), mapping={"health": "failing"})  # not configured
+    store.r.zadd(store.keys.outbox, {"x": now - 1, "y": now + 60, "z": now + 90})
+    store.r.zadd(store.keys.dead, {"w|webhook:desk": now})
     store.mark_beat(now - 5)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in ClusterCollector(store, ("fetch",)).collect()

@@ -12,6 +12,8 @@ import pytest
 
 import worker
 from worker import parse
+from worker.bench_hostile import HostileFeed, entity_bombs, hostile_feeds, measure_in_child, render_all
+from worker.dump import dump_problems
 from worker.errors import NotAFeedError
 from worker.parse import parse_feed
 
@@ -315,11 +317,18 @@ def test_feed_without_items_is_an_empty_feed() -> None:
 
 
 def test_bad_entry_is_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    data = rss("<item><title>No link, no guid</title></item>" + item(title="Good"))
+    data = rss("<item><link>https://news.example/0</link></item>" + item(title="Good"))
     with caplog.at_level(logging.WARNING, logger="worker.parse"):
         feed = parse_feed(data.encode())
     assert [e.title for e in feed.entries] == ["Good"]
-    assert "neither a link nor an id" in caplog.text
+    assert "neither a title nor any content" in caplog.text
+
+
+def test_entry_without_link_or_id_is_kept() -> None:
+    data = rss("<item><title>No link, no guid</title></item>" + item(title="Good"))
+    feed = parse_feed(data.encode())
+    assert [(e.title, e.link, e.guid) for e in feed.entries] == [
+        ("No link, no guid", None, None), ("Good", "https://news.example/1", None)]
 
 
 def test_entry_without_title_or_content_is_skipped() -> None:
@@ -328,7 +337,7 @@ def test_entry_without_title_or_content_is_skipped() -> None:
 
 
 def test_feed_whose_every_entry_fails_is_an_error() -> None:
-    data = rss("<item><title>a</title></item><item><description>b</description></item>")
+    data = rss("<item><link>https://news.example/0</link></item><item><guid>b</guid></item>")
     with pytest.raises(NotAFeedError, match="every one of the feed's 2 entries is unusable"):
         parse_feed(data.encode())
 
@@ -384,7 +393,7 @@ def test_bad_json_feed_item_is_skipped() -> None:
     data = json.dumps({"version": "https://jsonfeed.org/version/1.1",
                        "items": ["not an object", {"title": "no id"}, {"id": 7, "title": "ok"}]})
     feed = parse_feed(data.encode())
-    assert [(e.guid, e.title) for e in feed.entries] == [("7", "ok")]
+    assert [(e.guid, e.title) for e in feed.entries] == [(None, "no id"), ("7", "ok")]
 
 
 def test_deeply_nested_json_is_not_a_feed() -> None:
@@ -395,7 +404,7 @@ def test_deeply_nested_json_is_not_a_feed() -> None:
 # --- ownership --------------------------------------------------------------------------------
 
 def test_only_parse_imports_feedparser() -> None:
-    # bench.py measures feedparser alone, as the baseline parse_feed is compared with.
+    # bench.py and corpus.py use feedparser alone, as the baseline parse_feed is compared with.
     importers = []
     for path in Path(worker.__file__).parent.rglob("*.py"):
         tree = ast.parse(path.read_text())
@@ -405,4 +414,195 @@ def test_only_parse_imports_feedparser() -> None:
                   if isinstance(node, ast.ImportFrom) and node.module}
         if any(name.split(".")[0] == "feedparser" for name in names):
             importers.append(path.name)
-    assert sorted(set(importers) - {"bench.py"}) == ["parse.py"]
+    assert sorted(set(importers) - {"bench.py", "corpus.py"}) == ["parse.py"]
+
+
+# --- feeds as they are in the wild: isolation, encodings, entries, clean fields ----------------
+
+@pytest.mark.parametrize("feed", hostile_feeds(), ids=lambda f: f"{f.kind}: {f.name}"[:70])
+def test_hostile_feed_ends_as_strict_dumps_or_a_one_line_reason(feed: HostileFeed) -> None:
+    refused, dumps = render_all(feed)  # raises if anything escapes the boundaries
+    if refused is not None:
+        assert "\n" not in refused and len(refused) < 400
+    for text in dumps:
+        assert dump_problems(text, had_text=False) == []
+        assert "lollol" not in text and "xxxxxxxxxx" not in text
+
+
+def test_hostile_feeds_cost_less_than_200_mb_each() -> None:
+    # Measured in a fresh process: peak RSS growth over the imports, all feeds one after another.
+    results = measure_in_child()
+    worst = max(results, key=lambda r: r["above_baseline_mib"])
+    print(f"worst peak growth {worst['above_baseline_mib']:.0f} MiB ({worst['name']}), "
+          f"slowest {max(r['seconds'] for r in results):.2f} s CPU")
+    assert worst["above_baseline_mib"] < 200
+
+
+@pytest.mark.parametrize("name", [f.name for f in entity_bombs() if "laughs" in f.name])
+def test_entity_declarations_are_found_in_the_encoding_the_document_is_read_in(name: str) -> None:
+    # UTF-7, EBCDIC and header-only UTF-16 hide "<!ENTITY" from a scan of the raw bytes.
+    feed = next(f for f in entity_bombs() if f.name == name)
+    parsed = parse_feed(feed.data, feed.content_type)
+    assert parsed.entries[0].title == "&amp;lol9; laughs"
+    assert parsed.title == "&lol9;"
+
+
+def test_an_entity_declaration_outside_the_doctype_is_refused_in_utf7() -> None:
+    data = ('<?xml version="1.0" encoding="utf-7"?>+ADw-!ENTITY lol "lol"+AD4-'
+            '<rss version="2.0"/>').encode("ascii")
+    with pytest.raises(NotAFeedError, match="refused"):
+        parse_feed(data)
+
+
+@pytest.mark.parametrize("charset", ["utf-16x", "undefined", "base64", "bogus"])
+def test_a_charset_no_codec_reads_is_treated_as_absent(charset: str) -> None:
+    data = rss(item(title="Caf\u00e9 \u65e5\u672c")).encode()
+    assert one(data, f"application/rss+xml; charset={charset}").title == "Caf\u00e9 \u65e5\u672c"
+
+
+@pytest.mark.parametrize("ref", ["&#xD800;", "&#x110000;", "&#99999999999;", "&#0;"])
+def test_character_references_to_no_character_are_dropped(ref: str) -> None:
+    entry = one(rss(item(title=f"a{ref}b", extra=f"<description>c{ref}d</description>")))
+    assert (entry.title, entry.content_html) == ("ab", "cd")
+
+
+@pytest.mark.parametrize("ttl", ["999999999999999999", "9" * 5000])
+def test_a_huge_ttl_is_clamped_to_a_day(ttl: str) -> None:
+    feed = parse_feed(rss(item(), f"<title>F</title><ttl>{ttl}</ttl>").encode())
+    assert feed.ttl_minutes == parse.MAX_TTL_MINUTES == 1440
+
+
+@pytest.mark.parametrize("ttl", ["\u00b2", "\u0661\u0662", "-5", "1e9"])
+def test_a_ttl_that_is_no_ascii_number_is_ignored(ttl: str) -> None:
+    assert parse_feed(rss(item(), f"<title>F</title><ttl>{ttl}</ttl>").encode()).ttl_minutes is None
+
+
+def test_rss_092_items_without_link_or_guid_are_all_kept() -> None:
+    items = "".join(f"<item><description>Note {i} of the day.</description></item>"
+                    for i in range(22))
+    data = f'<rss version="0.92"><channel><title>Scripting News</title>{items}</channel></rss>'
+    feed = parse_feed(data.encode())
+    assert len(feed.entries) == 22
+    assert feed.entries[3].content_html == "Note 3 of the day."
+
+
+@pytest.mark.parametrize(("version", "fmt"), [
+    ("https://jsonfeed.org/version/1", "json10"), ("http://jsonfeed.org/version/1", "json10"),
+    ("https://jsonfeed.org/version/1.0", "json10"), ("https://jsonfeed.org/version/1.1/", "json11"),
+    (" HTTPS://JSONFEED.ORG/VERSION/1.1 ", "json11"),
+])
+def test_every_spelling_of_the_json_feed_version_is_read(version: str, fmt: str) -> None:
+    data = json.dumps({"version": version, "items": [{"id": "1", "title": "T"}]}).encode()
+    assert parse_feed(data).format == fmt
+
+
+def test_entities_are_decoded_in_json_feed_plain_text_fields() -> None:
+    data = json.dumps({"version": "https://jsonfeed.org/version/1", "title": "J &amp; K",
+                       "items": [{"id": "1", "title": "I&#039;m &lt;here&gt;",
+                                  "content_text": "Fish &amp; chips",
+                                  "author": {"name": "A &amp; B"}}]}).encode()
+    feed = parse_feed(data)
+    entry = feed.entries[0]
+    assert feed.title == "J & K"
+    assert entry.title == "I'm &lt;here&gt;"  # decoded, then escaped as text for normalize
+    assert (entry.author, entry.content_html) == ("A & B", "Fish &amp; chips")
+
+
+def test_rss_author_entities_are_decoded() -> None:
+    assert one(rss(item(extra="<author>AT&amp;amp;T Press</author>"))).author == "AT&T Press"
+
+
+def test_a_title_nested_in_the_item_never_replaces_its_own() -> None:
+    extra = "<image><title>Logo</title><url>https://x.example/l.png</url></image>"
+    assert one(rss(item(title="Own title", extra=extra))).title == "Own title"
+    data = rss("<item><author><title>Boss</title></author><link>https://news.example/1</link>"
+               "<description>The text.</description></item>")
+    entry = one(data)
+    assert (entry.title, entry.content_html) == ("", "The text.")
+
+
+def test_of_two_entries_with_one_link_the_one_with_text_is_kept() -> None:
+    bare = item(title="Story")
+    full = item(title="Story", extra="<description>The whole story, with text.</description>")
+    feed = parse_feed(rss(bare + item(title="Other", link="https://news.example/2") + full).encode())
+    assert [e.title for e in feed.entries] == ["Story", "Other"]
+    assert feed.entries[0].content_html == "The whole story, with text."
+
+
+def test_text_after_a_missing_closing_tag_is_recovered_from_the_bytes() -> None:
+    data = ('<rss version="2.0"><channel><title>T</title>'
+            "<item><title>A</title><link>https://news.example/1</link>"
+            "<description>The text of A is here &amp; more</item>"
+            "<item><title>B</title><link>https://news.example/2</link>"
+            "<description>B text</description></item></channel></rss>")
+    feed = parse_feed(data.encode())
+    assert [(e.title, e.content_html) for e in feed.entries] == [
+        ("A", "The text of A is here & more"), ("B", "B text")]
+
+
+@pytest.mark.parametrize(("link", "channel_link", "base", "expected"), [
+    ("story/1", "https://site.example/news/", None, "https://site.example/news/story/1"),
+    ("/story/1", None, None, "https://feeds.example/story/1"),
+    ("story/1", "https://site.example/", "https://base.example/dir/", "https://base.example/dir/story/1"),
+    ("story/1", "/news/", None, "https://feeds.example/news/story/1"),
+    ("https://abs.example/x", "https://site.example/", None, "https://abs.example/x"),
+])
+def test_relative_links_are_resolved_against_xml_base_feed_link_and_feed_url(
+        link: str, channel_link: str | None, base: str | None, expected: str) -> None:
+    channel = "<title>F</title>" + (f"<link>{channel_link}</link>" if channel_link else "")
+    attribute = f' xml:base="{base}"' if base else ""
+    data = rss(f"<item{attribute}><title>T</title><link>{link}</link>"
+               f"<guid>{link}</guid></item>", channel)
+    entry = parse_feed(data.encode(), url="https://feeds.example/rss/feed.xml").entries[0]
+    assert entry.link == expected
+    assert entry.guid == expected  # a permalink guid is a link too
+
+
+def test_relative_json_feed_links_are_resolved() -> None:
+    data = json.dumps({"version": "https://jsonfeed.org/version/1.1",
+                       "home_page_url": "https://site.example/blog/",
+                       "items": [{"id": "1", "url": "post-1", "title": "T"}]}).encode()
+    assert parse_feed(data, url="https://feeds.example/f.json").entries[0].link == \
+        "https://site.example/blog/post-1"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("Seg, 24 Set 2018 10:00:00 -0300", datetime(2018, 9, 24, 10, tzinfo=timezone(-timedelta(hours=3)))),
+    ("Mo, 24 Sep 2018 10:00:00 +0200", datetime(2018, 9, 24, 10, tzinfo=timezone(timedelta(hours=2)))),
+    ("lundi 24 septembre 2018 10:00 +0200", datetime(2018, 9, 24, 10, tzinfo=timezone(timedelta(hours=2)))),
+    ("martes, 25 de septiembre de 2018 14:30:00 GMT", datetime(2018, 9, 25, 14, 30, tzinfo=UTC)),
+    ("24 сентября 2018 10:00 +0300", datetime(2018, 9, 24, 10, tzinfo=timezone(timedelta(hours=3)))),
+    ("2018年9月24日 10:00", datetime(2018, 9, 24, 10, tzinfo=UTC)),
+    ("2018년 9월 24일 10:00", datetime(2018, 9, 24, 10, tzinfo=UTC)),
+])
+def test_dates_in_european_languages_and_cjk_are_read(raw: str, expected: datetime) -> None:
+    published = one(rss(item(extra=f"<pubDate>{raw}</pubDate>"))).published
+    assert published == expected
+    assert published.utcoffset() == expected.utcoffset()
+
+
+@pytest.mark.parametrize("raw", ["2025-02-06 16:30:00", "Thu, 06 Feb 2025 16:30:00 -0000",
+                                 "2025年2月6日 16:30"])
+def test_a_time_without_offset_is_read_in_the_feeds_zone(raw: str) -> None:
+    data = rss(item(extra=f"<pubDate>{raw}</pubDate>")).encode()
+    published = parse_feed(data, timezone="Asia/Tokyo").entries[0].published
+    assert published == datetime(2025, 2, 6, 16, 30, tzinfo=timezone(timedelta(hours=9)))
+    json_data = json.dumps({"version": "https://jsonfeed.org/version/1.1", "items": [
+        {"id": "1", "title": "T", "date_published": "2025-02-06T16:30:00"}]}).encode()
+    assert parse_feed(json_data, timezone="Asia/Tokyo").entries[0].published.utcoffset() == \
+        timedelta(hours=9)
+
+
+@pytest.mark.parametrize("raw", ["0001-01-01T00:30:00+05:00", "Mon, 01 Jan 0001 00:00:00 +0100",
+                                 "9999-12-31T23:59:59-12:00", "1899-12-31T00:00:00Z"])
+def test_dates_outside_1900_to_2200_count_as_absent(raw: str) -> None:
+    assert one(rss(item(extra=f"<pubDate>{raw}</pubDate>"))).published is None
+
+
+def test_anything_a_library_raises_on_the_bytes_is_this_feeds_one_line_reason(monkeypatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a bug deep in a library")
+
+    monkeypatch.setattr(parse.feedparser, "parse", broken)
+    with pytest.raises(NotAFeedError, match="AssertionError: a bug deep in a library"):
+        parse_feed(rss(item()).encode())

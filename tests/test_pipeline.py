@@ -62,9 +62,9 @@ def test_a_run_over_several_feeds_writes_stories_and_alerts(tmp_path, redis_url,
         ("LNG", "title"), ("liquefied natural gas", "body")]
     assert lng["state"] == "recorded" and lng["article"]["title"] == "Japan LNG imports jump"
     assert service.store.stats() == {"articles": 3, "stories": 3, "duplicates": 0, "alerts": 3}
-    stream = service.store.r.xrange("newsmon:articles")
+    stream = service.store.r.xrange(service.store.keys.articles)
     assert len(stream) == 3 and json.loads(stream[0][1]["article"])["file"].endswith(".txt")
-    assert service.store.r.xlen("newsmon:alerts") == 3
+    assert service.store.r.xlen(service.store.keys.alerts) == 3
 
 
 def test_a_second_run_adds_nothing(tmp_path, redis_url, http_server):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.processes import wait_until
-from worker.deliver import remember_secrets
+from worker.redact import remember
 from worker.sentry import FILTERED, scrub_event
 
 WEBHOOK_SECRET = "whsec_c2VudHJ5LXRlc3Qtc2VjcmV0LXZhbHVl"
@@ -26,7 +26,7 @@ SECRETS = (WEBHOOK_SECRET, HOOK_TOKEN, PASSWORD, QUERY_TOKEN, SIGNATURE, "c2VudH
 
 
 def test_scrub_event_removes_every_kind_of_secret_and_tags_the_ids():
-    remember_secrets([f"https://hooks.example/{HOOK_TOKEN}"])
+    remember([f"https://hooks.example/{HOOK_TOKEN}"])
     event = {
         "message": f"POST https://hooks.example/{HOOK_TOKEN} failed; feed "
                    f"http://user:{PASSWORD}@feeds.example/rss?api_token={QUERY_TOKEN}&page=2",

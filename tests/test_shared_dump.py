@@ -11,6 +11,7 @@ import sys
 # One worker: writes the dumps of articles ``first`` .. ``first + count - 1`` (all of one day).
 WRITER = """
 import sys
+import time
 from datetime import datetime, timezone
 from worker.dump import dump_of, render_dump
 from worker.models import Article
@@ -23,7 +24,7 @@ for n in range(first, first + count):
                   url=f"https://news.example/{n}", guid=None, title=f"Story {n}", author="A",
                   source="Wire", published=datetime(2025, 2, 6, 12, tzinfo=timezone.utc),
                   paragraphs=(f"Body of story {n}.",), feed="https://news.example/rss")
-    write_story_dump(store, root, art, render_dump(dump_of(art)))
+    write_story_dump(store, root, art.id, render_dump(dump_of(art)), time.time())
 """
 
 

@@ -332,7 +332,7 @@ def _bench_dedupe_redis(texts: list[tuple[str, str]], quick: bool) -> None:
                         published=now, paragraphs=(b,), feed="f") for i, (t, b) in enumerate(texts)]
         t0 = time.perf_counter()
         for a in arts:
-            store.claim_story(a.id, story_keys(a), 1.0)
+            store.claim_story(a.id, story_keys(a), time.time())
         per = (time.perf_counter() - t0) / len(arts)
         print(f"        with the Redis story index (one script call)  {per * 1000:.2f} ms/article")
         store.r.flushdb()
@@ -386,9 +386,13 @@ def loopback_server(handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.
 POLL_HOSTS = tuple(f"127.0.1.{h}" for h in range(1, 33))
 
 
-def _serve_feeds(port_queue: Any, n_feeds: int, changed_every: int) -> None:
+def _serve_feeds(port_queue: Any, n_feeds: int, changed_every: int,
+                 unchanged: tuple[int, int] | None = None, vary_bytes: bool = False) -> None:
     """A loopback feed server (own process): every ``changed_every``-th feed has 5 new items per
-    cycle; the others answer 304 to a matching If-None-Match."""
+    cycle; the others answer 304 to a matching If-None-Match. With ``unchanged`` (from, to),
+    feeds whose ``i % 100`` is below ``from`` have new items instead, and those in the range
+    ignore If-None-Match and answer 200 with the same items: the same bytes, or with
+    ``vary_bytes`` a comment that changes every cycle (the same entries)."""
     cycle = {"n": 0}
     cache: dict[tuple[int, int], bytes] = {}
 
@@ -398,15 +402,20 @@ def _serve_feeds(port_queue: Any, n_feeds: int, changed_every: int) -> None:
                 cycle["n"] += 1
                 return self.reply(200, b"ok")
             i = int(self.path.strip("/").split("/")[-1])
-            changed = i % changed_every == 0
+            ignores_304 = unchanged is not None and unchanged[0] <= i % 100 < unchanged[1]
+            # With ``unchanged``, the feeds below its range (in percent) are the changed ones.
+            changed = i % 100 < unchanged[0] if unchanged else i % changed_every == 0
             version = cycle["n"] if changed else 0
             etag = f'"{i}-{version}"'
-            if self.headers.get("If-None-Match") == etag:
+            if self.headers.get("If-None-Match") == etag and not ignores_304:
                 return self.reply(304, b"", {"ETag": etag})
             key = (i, version)
             if key not in cache:
                 cache[key] = rss_feed(5, seed=i, tag=f"c{version}-")
-            self.reply(200, cache[key], {"ETag": etag, "Content-Type": "application/rss+xml"})
+            body = cache[key]
+            if ignores_304 and vary_bytes:
+                body += f"<!-- cycle {cycle['n']} -->".encode()
+            self.reply(200, body, {"ETag": etag, "Content-Type": "application/rss+xml"})
 
     # Feeds spread over POLL_HOSTS loopback addresses: at most 2 requests go to one host at a
     # time from all workers together, as with real feeds on many sites.
@@ -420,6 +429,19 @@ def _serve_feeds(port_queue: Any, n_feeds: int, changed_every: int) -> None:
 
 
 def bench_poll(quick: bool) -> None:
+    _poll_cycle(quick, {})
+
+
+def bench_unchanged(quick: bool) -> None:
+    """The poll cycle when 30% of the 200s are byte-identical to the last ones: 14% of the
+    feeds have new items, 6% ignore conditional requests, 80% answer 304. Run twice: with
+    the same bytes (skipped by their digest) and with bytes that differ by a comment (parsed
+    again, as every 200 was before the digest)."""
+    for vary in (True, False):
+        _poll_cycle(quick, {"unchanged": (14, 20), "vary_bytes": vary})
+
+
+def _poll_cycle(quick: bool, mix: dict[str, Any]) -> None:
     import httpx
 
     from worker.config import FeedConfig
@@ -429,7 +451,9 @@ def bench_poll(quick: bool) -> None:
     n = 1000 if quick else 10_000
     ctx = multiprocessing.get_context("spawn")
     ports = ctx.Queue()
-    server = ctx.Process(target=_serve_feeds, args=(ports, n, 10), daemon=True)
+    server = ctx.Process(target=_serve_feeds, daemon=True,
+                         args=(ports, n, mix.get("changed_every", 10), mix.get("unchanged"),
+                               mix.get("vary_bytes", False)))
     server.start()
     port = ports.get(timeout=30)
     with _redis() as url, tempfile.TemporaryDirectory() as tmp:
@@ -453,8 +477,13 @@ def bench_poll(quick: bool) -> None:
         summary = service.run_once(workers=64)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"poll    one cycle over {n:,} feeds (90% answer 304, 10% have 5 new items), "
-              "64 fetches in flight")
+        if mix.get("unchanged"):
+            same = "differ by a comment: parsed" if mix["vary_bytes"] else "same bytes: skipped"
+            print(f"poll    one cycle over {n:,} feeds (80% 304, 14% 5 new items, 6% an "
+                  f"unchanged 200, {same}), 64 fetches in flight")
+        else:
+            print(f"poll    one cycle over {n:,} feeds (90% answer 304, 10% have 5 new items), "
+                  "64 fetches in flight")
         print(f"        wall {wall:.1f} s  CPU {cpu:.1f} s  peak RSS {peak:.0f} MiB  "
               f"new items {summary['new_items']}  failed {len(summary['failed'])}")
         print(f"        a 5-minute interval leaves {(300 - cpu) / 300:.0%} of one core free "
@@ -463,15 +492,21 @@ def bench_poll(quick: bool) -> None:
     server.kill()
 
 
-def run_benchmarks(quick: bool = False, only: set[str] | None = None) -> None:
+def run_benchmarks(quick: bool = False, only: set[str] | None = None,
+                   corpus: str | None = None) -> None:
     from worker.bench_deliver import bench_deliver
+    from worker.bench_hostile import bench_hostile
     from worker.bench_latency import bench_latency
     from worker.bench_scale import bench_scale
+    from worker.bench_state import bench_state
+    from worker.corpus import bench_corpus
 
     parts: dict[str, Callable[[bool], None]] = {
         "parse": bench_parse, "match": bench_match, "backtest": bench_backtest,
         "dedupe": bench_dedupe, "poll": bench_poll,
-        "latency": bench_latency, "deliver": bench_deliver, "scale": bench_scale,
+        "latency": bench_latency, "deliver": bench_deliver, "unchanged": bench_unchanged,
+        "hostile": bench_hostile, "corpus": lambda quick: bench_corpus(corpus), "state": bench_state,
+        "scale": bench_scale,
     }
     # The synthetic feeds' items are old, so every feed is stale: keep warnings out of the figures.
     logging.getLogger("newsmon").setLevel(logging.ERROR)

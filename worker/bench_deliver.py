@@ -138,7 +138,7 @@ def _latency(service: Any, records: list[tuple[str, dict[str, Any]]], port: int,
                 pool.submit(send, claim)
             time.sleep(max(0.0, at + 0.01 - time.time()))
         deadline = time.time() + 30
-        while service.store.r.zcard("newsmon:outbox") and time.time() < deadline:
+        while service.store.r.zcard(service.store.keys.outbox) and time.time() < deadline:
             time.sleep(0.05)
     got = _fetch_received(port)
     added = sorted((got[a] - t) * 1000 for a, t in created.items() if a in got)
@@ -190,7 +190,7 @@ def _drain_with(service: Any, send: Any) -> Any:
         for claim in service.claim_deliveries(time.time(), ids):
             send(claim)
         deadline = time.monotonic() + timeout
-        while service.store.r.zcard("newsmon:outbox") and time.monotonic() < deadline:
+        while service.store.r.zcard(service.store.keys.outbox) and time.monotonic() < deadline:
             time.sleep(0.01)  # the outbox empties as alerts are delivered (or dead)
         done = service.store.delivery_states(ids)
         return {"delivered": sum(s == "delivered" for s in done.values())}

@@ -17,6 +17,7 @@ import redis
 import yaml
 
 from worker.bench import QuietHandler, _redis, loopback_server, rss_feed
+from worker.store import Keys
 
 
 def bench_latency(quick: bool) -> None:
@@ -61,7 +62,7 @@ def bench_latency(quick: bool) -> None:
 
 def _measure(client: redis.Redis, state: dict[str, int], samples: int) -> list[float]:
     def alerts() -> int:
-        return int(client.zcard("newsmon:alerts:by-time"))
+        return int(client.zcard(Keys().by_time))
 
     deadline = time.monotonic() + 60
     while alerts() < 1:  # the first item's alert: the service is up

@@ -21,8 +21,15 @@ import click
 
 from worker import __version__, embedded, failures
 from worker.config import Config, FeedConfig, load_config
-from worker.errors import ConfigError, DumpFormatError, FetchError, NotAFeedError, ServiceError
-from worker.fetch import redact_url
+from worker.errors import (
+    BadEntryError,
+    ConfigError,
+    DumpFormatError,
+    FetchError,
+    NotAFeedError,
+    ServiceError,
+)
+from worker.redact import redact_std_streams, redact_url, remember, url_outline
 from worker.settings import LOG_LEVELS, Settings
 
 log = logging.getLogger("newsmon")
@@ -45,7 +52,16 @@ def _settings(config: str | None = None, log_level: str | None = None) -> Settin
 
 
 def _load(settings: Settings) -> Config:
-    return load_config(settings.config_dir).config
+    """The configuration; its secrets are masked in all output from now on."""
+    return _remembered(load_config(settings.config_dir).config)
+
+
+def _remembered(config: Config) -> Config:
+    """Mask the configuration's credentials in everything this process prints or logs."""
+    from worker.deliver import config_secrets
+
+    remember(config_secrets(config))
+    return config
 
 
 @contextlib.contextmanager
@@ -92,6 +108,7 @@ class _Main(click.Group):
 @click.version_option(__version__, prog_name="newsmon")
 def main() -> None:
     """newsmon: monitor news feeds, deduplicate stories, alert on watchlists."""
+    redact_std_streams()  # no credential in anything a command prints
 
 
 # -- offline tools ----------------------------------------------------------------------------
@@ -128,7 +145,7 @@ def normalize(sources: tuple[str, ...], out_dir: str, full_text: str | None,
                 data, content_type = result.content, result.content_type
             else:
                 data, content_type = Path(source).read_bytes(), None
-            parsed = parse_feed(data, content_type)
+            parsed = parse_feed(data, content_type, url=str(feed.url), timezone=feed.timezone)
         except (OSError, FetchError, NotAFeedError) as exc:
             click.echo(f"{source}: {exc}", err=True)
             failed = True
@@ -138,8 +155,12 @@ def normalize(sources: tuple[str, ...], out_dir: str, full_text: str | None,
             page = None
             if needs_full_text(feed.full_text, html_to_paragraphs(entry.content_html)):
                 page = fetch_full_text(feed, entry, fetcher)
-            article = normalize_entry(entry, parsed, feed_url=feed.url, first_seen=now,
-                                      feed_name=feed.name, timezone=feed.timezone, page=page)
+            try:
+                article = normalize_entry(entry, parsed, feed_url=feed.url, first_seen=now,
+                                          feed_name=feed.name, timezone=feed.timezone, page=page)
+            except BadEntryError as exc:  # skipped; the feed's other entries go on
+                click.echo(f"{source}: skipped an entry: {exc}", err=True)
+                continue
             click.echo(str(write_dump(Path(out_dir), article, next_seq)))
     fetcher.close()
     sys.exit(1 if failed else 0)
@@ -266,29 +287,40 @@ def check(config: str | None) -> None:
 
     settings = _settings(config)
     loaded = load_config(settings.config_dir)
-    cfg = loaded.config
+    cfg = _remembered(loaded.config)
     matcher = compile_watchlists(cfg.watchlists)
-    problems = config_problems(cfg, os.environ, referenced_variables(loaded.files))
+    problems = (config_problems(cfg, os.environ, referenced_variables(loaded.files))
+                + notify_problems(cfg))
     click.echo(f"configuration {settings.config_dir}: "
                + (f"{len(problems)} problem(s)" if problems else "OK"))
     click.echo(f"feeds: {len(cfg.feeds)}")
     for f in cfg.feeds:
-        click.echo(f"  {f.name}  {f.url}  every {f.every:g}s  full_text {f.full_text}"
+        click.echo(f"  {f.name}  {redact_url(f.url)}  every {f.every:g}s  full_text {f.full_text}"
                    + (f"  timezone {f.timezone}" if f.timezone else ""))
     click.echo(f"webhooks: {len(cfg.webhooks)}")
     for name, hook in cfg.webhooks.items():
-        click.echo(f"  {name}  {redact_url(hook.url.get_secret_value())}  "
+        click.echo(f"  {name}  {url_outline(hook.url.get_secret_value())}  "
                    f"secrets {len(hook.secret)} (***)")
     click.echo(f"watchlists: {len(cfg.watchlists)}  terms: {matcher.term_count}")
     for w in cfg.watchlists:
+        notify = [url_outline(u.get_secret_value(), host=False) for u in w.notify]
         click.echo(f"  {w.name}  " + (f"query {w.query}" if w.query else f"match {w.match}")
                    + f"  entities {len(w.entities)}  "
-                   f"webhook {w.webhook or '-'}"
-                   + (f"  notify {len(w.notify)} (***)" if w.notify else ""))
+                   f"webhook {w.webhook or '-'}" + (f"  notify {' '.join(notify)}" if notify else ""))
     click.echo("checked: " + "; ".join(CHECKED))
     for problem in problems:
         click.echo(f"newsmon: {problem}", err=True)
     sys.exit(1 if problems else 0)
+
+
+def notify_problems(cfg: Config) -> list[str]:
+    """Notification URLs newsmon cannot send to (unknown or unsupported scheme), each naming
+    its watchlist and scheme."""
+    from worker.deliver import notify_scheme_problem
+
+    return [f"watchlists[{i}].notify[{j}] (watchlist {w.name!r}): {problem}"
+            for i, w in enumerate(cfg.watchlists) for j, url in enumerate(w.notify)
+            if (problem := notify_scheme_problem(url.get_secret_value()))]
 
 
 # -- the service --------------------------------------------------------------------------------
@@ -316,7 +348,7 @@ def run(config: str | None, once: bool, concurrency: int, processes: int | None,
     settings = _settings(config, log_level)
     _setup_logging(settings)
     loaded = load_config(settings.config_dir)
-    cfg = loaded.config
+    cfg = _remembered(loaded.config)
     for problem in config_problems(cfg, os.environ, referenced_variables(loaded.files)):
         log.warning("newsmon check would refuse this: %s", problem)
     if once and settings.redis_url:  # nothing of the data folder is used: no lock needed
@@ -483,6 +515,7 @@ def status(config: str | None, as_json: bool) -> None:
         states = store.feed_states(list(urls))
         totals = store.stats()
         webhooks = _webhook_states(store, cfg) if cfg else []
+        parked = store.parked_tasks(time.time())
     feeds = []
     for (name, feed_url), st in zip(urls.items(), states, strict=True):
         feeds.append({
@@ -495,7 +528,9 @@ def status(config: str | None, as_json: bool) -> None:
             "failing_since": _num(st.get("failing_since")), "stale": st.get("stale") == "1",
             "newest_item": _num(st.get("newest")), "usual_gap": _num(st.get("rhythm"))})
     if as_json:
-        click.echo(json.dumps({"feeds": feeds, "webhooks": webhooks, "totals": totals}, indent=2))
+        click.echo(json.dumps({"feeds": feeds, "webhooks": webhooks, "totals": totals,
+                               "parked": [{"id": tid, **rec} for tid, rec in parked.items()]},
+                              indent=2))
         return
     rows = [("FEED", "URL", "HEALTH", "LAST FETCH", "OUTCOME", "HTTP", "NEW", "FAILS", "NEXT DUE")]
     rows += [(f["name"], f["url"], _health(f), _when(f["last_fetch"]),
@@ -507,6 +542,9 @@ def status(config: str | None, as_json: bool) -> None:
         if hook["disabled"]:
             click.echo(f"\nwebhook {hook['name']} DISABLED: {hook['disabled']} "
                        "(until its configuration changes)")
+    for tid, rec in parked.items():
+        click.echo(f"\ntask {rec['task']} {tid} PARKED {_when(rec['at'])}: {rec['reason']} "
+                   f"args={rec['args']}")
     click.echo("\n" + "  ".join(f"{k}: {v}" for k, v in totals.items()))
 
 
@@ -519,7 +557,7 @@ def _view_config(settings: Settings) -> Config | None:
     for folder in (running.get("config"), settings.config_dir):
         if folder and Path(folder).exists():
             try:
-                return load_config(folder).config
+                return _remembered(load_config(folder).config)
             except ConfigError as exc:  # not asked for: the view still shows the state
                 log.warning("not using the configuration in %s: %s", folder, exc.problems[0])
     return None
@@ -641,7 +679,13 @@ def alerts_show(config: str | None, as_json: bool, alert_id: str) -> None:
 
     settings = _settings(config)
     with _redis(settings) as url:
-        record = Store.from_url(url).alert(alert_id)
+        store = Store.from_url(url)
+        record, gone = store.alert(alert_id), store.alert_gone(alert_id)
+    if record is None and gone is not None:
+        raise click.ClickException(
+            f"alert {alert_id} aged out: removed {_iso(gone)}, "
+            f"{settings.alert_retention_days:g} days after its last attempt "
+            f"(NEWSMON_ALERT_RETENTION_DAYS)")
     if record is None:
         raise click.ClickException(f"no alert {alert_id}")
     attempts = [{**a, "at": _iso(a["at"]), "next": _iso(a.get("next"))}
@@ -759,20 +803,24 @@ def webhook_list(config: str | None) -> None:
     _table(rows)
 
 
-BENCH_PARTS = ("parse", "match", "backtest", "dedupe", "poll", "latency", "deliver", "scale")
+BENCH_PARTS = ("parse", "match", "backtest", "dedupe", "poll", "latency", "deliver", "unchanged",
+               "hostile", "corpus", "state", "scale")
 
 
 @main.command()
 @click.option("--quick", is_flag=True, help="Smaller inputs: a rough figure in seconds.")
 @click.option("--only", multiple=True, type=click.Choice(BENCH_PARTS),
               help="Run only this part (repeatable).")
+@click.option("--corpus", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of feed files for the corpus part (tracebacks, hangs, lost entries "
+                   "and malformed dumps counted).")
 @click.argument("parts", nargs=-1, type=click.Choice(BENCH_PARTS))
-def bench(quick: bool, only: tuple[str, ...], parts: tuple[str, ...]) -> None:
+def bench(quick: bool, only: tuple[str, ...], corpus: str | None, parts: tuple[str, ...]) -> None:
     """Print speed figures (per core) for each stage of the pipeline: all of them, or the
     PARTS named (`newsmon bench match` is `newsmon bench --only match`)."""
     from worker.bench import run_benchmarks
 
-    run_benchmarks(quick=quick, only={*only, *parts})
+    run_benchmarks(quick=quick, only={*only, *parts}, corpus=corpus)
 
 
 

@@ -6,6 +6,7 @@ Errors name the file, the key path (``watchlists[2].entities[0].aliases``) and w
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import idna
 import yaml
 from pydantic import (
     BaseModel,
@@ -55,13 +57,72 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f-\x9f]")
+
+
+def url_problem(url: str, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
+    """What is wrong with a URL newsmon will connect to, or None: the scheme, the host (a
+    DNS name or an IP address), the port (1-65535), no spaces or control characters."""
+    if _CONTROL_OR_SPACE.search(url):
+        return "a URL may not contain spaces or control characters"
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed [ of an IPv6 address
+        return "not a valid URL (an IPv6 address must be written [address])"
+    if parts.scheme.lower() not in schemes:
+        return f"expected an http(s) URL, got scheme {parts.scheme or 'none'!r}"
+    try:
+        port = parts.port
+        host = parts.hostname or ""
+    except ValueError:
+        return f"port {parts.netloc.rpartition(':')[2]!r} is not a port number (1-65535)"
+    if port == 0:
+        return "port 0 is not a port number (1-65535)"
+    if not host:
+        return "the URL has no host"
+    if _HOST_NAME.fullmatch(host):
+        return None
+    hostport = parts.netloc.rpartition("@")[2]
+    if hostport.startswith("["):
+        literal = re.fullmatch(r"\[([^\]]*)\](:[0-9]*)?", hostport)
+        return None if literal and _ip_literal(literal.group(1)) else (
+            "not a valid URL (an IPv6 address must be written [address] or [address]:port)")
+    if _ip_literal(host):
+        return None
+    try:  # an internationalised name, as the HTTP client will encode it (IDNA 2008)
+        ascii_host = idna.encode(host.lower()).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return f"host {host!r} is not a valid host name"
+    return None if _HOST_NAME.fullmatch(ascii_host) else f"host {host!r} is not a valid host name"
+
+
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _http_url(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected an http(s) URL")
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http(s) URL, got {value!r}")
+    problem = url_problem(value.strip())
+    if problem:
+        raise ValueError(problem)
     return value.strip()
+
+
+def _notify_url(value: Any) -> Any:
+    """An Apprise URL: a scheme and no spaces or control characters (the scheme itself is
+    checked against Apprise by ``newsmon check`` and before every send)."""
+    if not isinstance(value, str):
+        raise ValueError("expected an Apprise URL such as ntfy://host/topic")
+    value = value.strip()
+    if not re.match(r"[A-Za-z0-9][A-Za-z0-9+.-]*://", value) or _CONTROL_OR_SPACE.search(value):
+        raise ValueError("expected an Apprise URL such as ntfy://host/topic, without spaces")
+    return value
 
 
 def _duration(value: Any, info: ValidationInfo) -> float:
@@ -143,7 +204,7 @@ def _entity(value: Any) -> Any:
 class WatchlistConfig(_Strict):
     name: str = Field(min_length=1)
     webhook: str | None = None
-    notify: list[SecretStr] = []
+    notify: list[Annotated[SecretStr, BeforeValidator(_notify_url)]] = []
     match: Literal["any", "all"] = "any"
     # Without a query, the entities are what fires the watchlist; with one, they give aliases
     # to the query's terms (a term equal to an entity's name matches any of its terms).

@@ -12,10 +12,9 @@ import operator
 import re
 import unicodedata
 from array import array
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -217,15 +216,162 @@ def exact_keys(keys: StoryKeys) -> tuple[str, ...]:
 
 
 # --- The story index ---------------------------------------------------------------------------
+#
+# One claim algorithm (``claim_story``) for every index: it reads what the index holds, makes
+# the decision with the pure functions below, and asks the index to commit the decision only
+# if what it read is still true (compare-and-set); otherwise it reads again. An index is only
+# storage (``IndexStorage``): the memory index here, the Redis index in ``store``.
 
 RETENTION_SECONDS = 30 * 24 * 3600
 # A copy at the threshold shares ~4 of 32 bands with its story, a look-alike story mostly one:
 # comparing only the best-sharing candidates bounds the work when many stories look alike.
 MAX_CANDIDATES = 8
+# Story ids kept per band value (the newest): a band that many stories share (boilerplate)
+# costs a bounded read; a story pushed out of one band is still found through its others.
+BAND_CAP = 8
+# Band entries are written into epochs of half the retention window, and a claim reads the
+# current epoch and the two before it (every entry is readable for at least one window). A
+# story whose copies keep arriving is written again into each new epoch; an old epoch's
+# entries disappear with it, so stale band entries never pile up.
+EPOCHS_READ = 3
+BUCKET_DIGITS = 3            # 16**3 buckets per band and epoch (a small hash each)
+CLAIM_ATTEMPTS = 20
+
+
+def epoch_of(now: float, retention: float) -> int:
+    return int(now // (retention / 2))
+
+
+def band_slots(sig: Sequence[int]) -> tuple[tuple[str, str], ...]:
+    """Where each band of a signature is indexed: (bucket, field), both short hex strings
+    derived from the band's values (nothing about bands is stored with the story)."""
+    out = []
+    for band, key in enumerate(band_keys(sig)):
+        digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+        out.append((f"{band:02x}{digest[:BUCKET_DIGITS]}", digest[BUCKET_DIGITS:]))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class IndexRead:
+    """What a claim reads from an index for one article."""
+
+    claimed: tuple[str, bool] | None   # the article was claimed before: (story, new)
+    version: str                       # changes whenever a story is added
+    owners: tuple[str, ...]            # the story holding each exact key ("" none), as exact_keys
+    members: tuple[str, ...]           # story ids in the article's band slots, every epoch read
+
+
+@dataclass(frozen=True)
+class StoryRecord:
+    """A live story as a claim sees it."""
+
+    seen: float
+    epoch: int                         # the epoch its band entries were last written in
+    signature: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClaimPlan:
+    """A decision for the index to commit if ``version`` and ``owners`` still hold."""
+
+    article_id: str
+    story_id: str
+    is_new: bool
+    version: str
+    take: tuple[tuple[str, str], ...]  # (exact key, the owner read): recorded under the story
+    bands: tuple[tuple[str, str], ...] # band slots to write into the current epoch ((): none)
+    signature: tuple[int, ...]         # a new story's signature
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    story_id: str
+    is_new: bool
+    fresh: bool                        # False: the article had been claimed before (a retry)
+
+
+class IndexStorage(Protocol):
+    """Storage of a story index; it decides nothing (see ``claim_story``)."""
+
+    retention: float
+
+    def read(self, article_id: str, keys: StoryKeys, epochs: tuple[int, ...],
+             now: float) -> IndexRead: ...
+
+    def stories(self, ids: Sequence[str], now: float,
+                signatures: bool) -> dict[str, StoryRecord]: ...
+
+    def commit(self, plan: ClaimPlan, now: float) -> Claim | None: ...
+
+
+def exact_owner(owners: Sequence[str], live: dict[str, StoryRecord]) -> str | None:
+    """The first exact key's story that is still alive."""
+    return next((owner for owner in owners if owner and owner in live), None)
+
+
+def shortlist(members: Sequence[str], live: dict[str, StoryRecord]) -> list[str]:
+    """The MAX_CANDIDATES live stories sharing the most band slots (ties: smallest id)."""
+    shared = Counter(m for m in members if m in live)
+    return heapq.nsmallest(MAX_CANDIDATES, shared, key=lambda c: (-shared[c], c))
+
+
+def most_similar(sig: Sequence[int], candidates: dict[str, StoryRecord]) -> str | None:
+    """The candidate most similar to ``sig`` if it is the same story (ties: smallest id)."""
+    if not candidates:
+        return None
+    best = max(sorted(candidates), key=lambda c: similarity(sig, candidates[c].signature))
+    return best if same_story(sig, candidates[best].signature) else None
+
+
+def plan_claim(article_id: str, keys: StoryKeys, new_story_id: str, read: IndexRead,
+               story: str | None, record: StoryRecord | None, live: dict[str, StoryRecord],
+               epoch: int) -> ClaimPlan:
+    """What to record: each exact key no other live story holds goes to the story; a new
+    story's bands, or a known story's bands again when they were written in an older epoch."""
+    sid = story or new_story_id
+    take = tuple((key, owner) for key, owner in zip(exact_keys(keys), read.owners, strict=True)
+                 if not owner or owner == sid or owner not in live)
+    if story is None:
+        bands = band_slots(keys.signature)
+    elif record is not None and record.epoch < epoch and record.signature:
+        bands = band_slots(record.signature)
+    else:
+        bands = ()
+    return ClaimPlan(article_id, sid, story is None, read.version, take, bands,
+                     keys.signature if story is None else (), epoch)
+
+
+def claim_story(index: IndexStorage, article_id: str, keys: StoryKeys, new_story_id: str,
+                now: float) -> Claim:
+    """The story of an article: exact keys in the order of ``exact_keys`` (URL, GUID,
+    fingerprint), then the most similar of the best-sharing band candidates, else a new
+    story. Safe to run twice and concurrently: a repeated claim returns the first answer."""
+    epoch = epoch_of(now, index.retention)
+    epochs = tuple(range(epoch - EPOCHS_READ + 1, epoch + 1))
+    for _ in range(CLAIM_ATTEMPTS):
+        read = index.read(article_id, keys, epochs, now)
+        if read.claimed:
+            return Claim(read.claimed[0], read.claimed[1], fresh=False)
+        live = index.stories(list(dict.fromkeys([*read.owners, *read.members])), now, False)
+        story = exact_owner(read.owners, live)
+        record = None
+        if story is None and keys.signature:
+            candidates = index.stories(shortlist(read.members, live), now, True)
+            story = most_similar(keys.signature, candidates)
+            record = candidates.get(story) if story else None
+        elif story is not None:
+            record = index.stories([story], now, live[story].epoch < epoch).get(story)
+        plan = plan_claim(article_id, keys, new_story_id, read, story, record, live, epoch)
+        done = index.commit(plan, now)
+        if done is not None:
+            return done
+    raise RuntimeError(f"story claim of {article_id} kept conflicting ({CLAIM_ATTEMPTS} tries)")
 
 
 class StoryIndex(Protocol):
-    """Maps copies of an article to one story id. The service backs it with Redis."""
+    """Maps copies of an article to one story id."""
 
     def claim(self, keys: StoryKeys, new_story_id: str, now: float) -> tuple[str, bool]:
         """(story_id, False) when the keys name a known story, else (new_story_id, True).
@@ -235,103 +381,100 @@ class StoryIndex(Protocol):
 
 @dataclass
 class _Story:
-    signature: array   # the first copy's signature, as array("I") (a tuple costs 8x the memory)
-    bands: tuple[str, ...]
+    signature: array   # as array("I") (a tuple costs 8x the memory)
     seen: float        # when a copy was last claimed
+    epoch: int
 
 
 class MemoryStoryIndex:
-    """A StoryIndex in dicts, for the offline CLI and tests; the Redis index mirrors it.
-
-    ``claim`` looks the copy up in three steps and takes the first answer:
-
-    1. exact keys in the order of ``exact_keys`` (URL, GUID, fingerprint);
-    2. stories that share a band key with the copy are candidates; the MAX_CANDIDATES sharing
-       the most bands (ties: smallest id) are compared, and the one whose stored signature is
-       most similar wins if ``same_story`` holds (ties: smallest id);
-    3. otherwise the copy starts a story: its signature and band keys are stored.
-
-    Then each exact key of the copy that no other live story holds is recorded under the story,
-    so the next identical copy is an exact hit, and the story counts as seen now. A story keeps
-    the signature and bands of its first copy only. Whatever was not seen for ``retention``
-    seconds is forgotten.
-    """
+    """Story index storage in dicts, for tests and benchmarks: the same ``claim_story`` as
+    the Redis index runs over it, with the same entries and lifetimes (an entry is alive for
+    ``retention`` seconds after the copy that last refreshed it)."""
 
     def __init__(self, retention: float = RETENTION_SECONDS):
         self.retention = retention
-        # Ordered by last seen, oldest first, so forgetting stops at the first live entry.
-        self._exact: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key -> (story, seen)
-        self._stories: OrderedDict[str, _Story] = OrderedDict()
-        # band key -> story ids; a tuple, as most bands hold one story (a set costs 4x more)
-        self._bands: dict[str, tuple[str, ...]] = {}
+        self._version = 0
+        self._claimed: dict[str, tuple[str, bool, float]] = {}  # article -> (story, new, until)
+        self._exact: dict[str, tuple[str, float]] = {}          # key -> (story, until)
+        self._stories: dict[str, _Story] = {}
+        self._bands: dict[tuple[int, str, str], tuple[str, ...]] = {}  # (epoch, bucket, field)
+        self._stamp = 0.0
+        self._swept = -1e18
+        self._calls = 0
 
     def __len__(self) -> int:
-        return len(self._stories)
+        return sum(1 for s in self._stories.values() if self._stamp - s.seen < self.retention)
 
-    def claim(self, keys: StoryKeys, new_story_id: str, now: float) -> tuple[str, bool]:
-        """See StoryIndex.claim and the class docstring."""
+    def claim(self, keys: StoryKeys, new_story_id: str, now: float,
+              article_id: str | None = None) -> tuple[str, bool]:
+        """See StoryIndex.claim; every call is a new article unless ``article_id`` repeats."""
+        self._stamp = now
         self._forget(now)
-        story_id = self._find_exact(keys, now) or self._find_similar(keys, now)
-        if story_id is None:
-            self._add_story(new_story_id, keys, now)
-        else:
-            self._touch_story(story_id, now)
-        claimed = story_id or new_story_id
-        self._record_exact(keys, claimed, now)
-        return claimed, story_id is None
+        self._calls += 1
+        claim = claim_story(self, article_id or f"article {self._calls}", keys, new_story_id, now)
+        return claim.story_id, claim.is_new
 
-    def _live(self, seen: float, now: float) -> bool:
-        return now - seen < self.retention
+    def read(self, article_id: str, keys: StoryKeys, epochs: tuple[int, ...],
+             now: float) -> IndexRead:
+        self._stamp = now
+        known = self._claimed.get(article_id)
+        owners = tuple(self._live_value(self._exact.get(k)) for k in exact_keys(keys))
+        slots = band_slots(keys.signature)
+        members = tuple(m for e in epochs for bucket, field in slots
+                        for m in self._bands.get((e, bucket, field), ()))
+        claimed = (known[0], known[1]) if known and known[2] > self._stamp else None
+        return IndexRead(claimed, str(self._version), owners, members)
 
-    def _find_exact(self, keys: StoryKeys, now: float) -> str | None:
-        for key in exact_keys(keys):
-            owner = self._exact.get(key)
-            if owner and self._live(owner[1], now):
-                return owner[0]
-        return None
+    def _live_value(self, entry: tuple[str, float] | None) -> str:
+        return entry[0] if entry and entry[1] > self._stamp else ""
 
-    def _find_similar(self, keys: StoryKeys, now: float) -> str | None:
-        shared = Counter(chain.from_iterable(self._bands.get(band, ()) for band in keys.bands))
-        shortlist = heapq.nsmallest(MAX_CANDIDATES, shared, key=lambda c: (-shared[c], c))
-        # _forget has dropped the stories that expired before now, unless the clock went back.
-        candidates = [c for c in shortlist if self._live(self._stories[c].seen, now)]
-        if not candidates:
+    def stories(self, ids: Sequence[str], now: float,
+                signatures: bool) -> dict[str, StoryRecord]:
+        out = {}
+        for sid in ids:
+            story = self._stories.get(sid)
+            if story is not None and now - story.seen < self.retention:
+                out[sid] = StoryRecord(story.seen, story.epoch,
+                                       tuple(story.signature) if signatures else ())
+        return out
+
+    def commit(self, plan: ClaimPlan, now: float) -> Claim | None:
+        if plan.article_id in self._claimed and self._claimed[plan.article_id][2] > now:
+            story, new, _ = self._claimed[plan.article_id]
+            return Claim(story, new, fresh=False)
+        if plan.is_new and plan.version != str(self._version):
             return None
-        # max() keeps the first of equals, so a tie goes to the smallest story id.
-        best = max(sorted(candidates),
-                   key=lambda c: similarity(keys.signature, self._stories[c].signature))
-        return best if same_story(keys.signature, self._stories[best].signature) else None
-
-    def _add_story(self, story_id: str, keys: StoryKeys, now: float) -> None:
-        self._stories[story_id] = _Story(array("I", keys.signature), keys.bands, now)
-        for band in keys.bands:
-            self._bands[band] = (*self._bands.get(band, ()), story_id)
-
-    def _touch_story(self, story_id: str, now: float) -> None:
-        story = self._stories.get(story_id)
-        if story is not None:
+        until = now + self.retention
+        for key, owner in plan.take:
+            if self._live_value(self._exact.get(key)) != owner:
+                if plan.is_new:
+                    return None
+                continue
+            self._exact[key] = (plan.story_id, until)
+        if plan.is_new:
+            self._version += 1
+            self._stories[plan.story_id] = _Story(array("I", plan.signature), now, plan.epoch)
+        else:
+            story = self._stories.get(plan.story_id)
+            if story is None or now - story.seen >= self.retention:
+                return None
             story.seen = now
-            self._stories.move_to_end(story_id)
-
-    def _record_exact(self, keys: StoryKeys, story_id: str, now: float) -> None:
-        for key in exact_keys(keys):
-            owner = self._exact.get(key)
-            if owner is None or owner[0] == story_id or not self._live(owner[1], now):
-                self._exact[key] = (story_id, now)
-                self._exact.move_to_end(key)
+            if plan.bands:
+                story.epoch = plan.epoch
+        for bucket, field in plan.bands:
+            slot = (plan.epoch, bucket, field)
+            kept = tuple(m for m in self._bands.get(slot, ()) if m != plan.story_id)
+            self._bands[slot] = (*kept, plan.story_id)[-BAND_CAP:]
+        self._claimed[plan.article_id] = (plan.story_id, plan.is_new, until)
+        return Claim(plan.story_id, plan.is_new, fresh=True)
 
     def _forget(self, now: float) -> None:
-        while self._exact:
-            key, (_, seen) = next(iter(self._exact.items()))
-            if self._live(seen, now):
-                break
-            del self._exact[key]
-        while self._stories:
-            story_id, story = next(iter(self._stories.items()))
-            if self._live(story.seen, now):
-                break
-            del self._stories[story_id]
-            for band in story.bands:
-                rest = tuple(other for other in self._bands.pop(band) if other != story_id)
-                if rest:
-                    self._bands[band] = rest
+        """Drop what Redis would have expired by now (bands: epochs no longer read)."""
+        epoch = epoch_of(now, self.retention)
+        if now - self._swept < self.retention / 8:
+            return
+        self._swept = now
+        self._exact = {k: v for k, v in self._exact.items() if v[1] > now}
+        self._claimed = {k: v for k, v in self._claimed.items() if v[2] > now}
+        self._stories = {k: v for k, v in self._stories.items() if now - v.seen < self.retention}
+        self._bands = {k: v for k, v in self._bands.items() if k[0] > epoch - EPOCHS_READ}

@@ -13,22 +13,20 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import random
 import re
-import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from types import ModuleType
 from typing import Any, NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -41,7 +39,8 @@ from worker.errors import (
     TransientDeliveryError,
     TransientFetchError,
 )
-from worker.fetch import Fetcher, IPNetwork, address_refusal
+from worker.fetch import Fetcher, IPNetwork, guarded_sockets
+from worker.redact import RedactFilter, redact, remember, url_credentials, url_secrets
 from worker.store import DeliveryClaim, DeliveryStart, Store
 
 log = logging.getLogger("newsmon.deliver")
@@ -86,30 +85,11 @@ def webhook_digest(hook: WebhookConfig) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:24]
 
 
-_PLAIN_WORD = re.compile(r"[a-z][a-z.-]{0,18}")  # "hooks", "services", "newsmon": no token
-
-
-def url_secrets(url: str) -> list[str]:
-    """The parts of a URL that may be credentials: userinfo, path segments that look like
-    tokens (not plain lowercase words), query, fragment (and, for Apprise URLs whose "host" is
-    often a token, the host)."""
-    parts = urlsplit(url)
-    found = [url, parts.netloc.rpartition("@")[0], parts.username or "", parts.password or "",
-             parts.query, parts.fragment]
-    found += [seg for seg in parts.path.split("/") if not _PLAIN_WORD.fullmatch(seg)]
-    found += [value for _, _, value in (q.partition("=") for q in parts.query.split("&"))]
-    if parts.scheme.lower() not in GUARDED_SCHEMES | {"http", "https"}:
-        found.append(parts.netloc.rpartition("@")[2].partition(":")[0])  # as written, not lowered
-    found += [unquote(s) for s in found]
-    return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret (longest first) replaced by ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+def notify_secrets(url: str) -> list[str]:
+    """The parts of an Apprise URL that may be credentials; its "host" too, which for most
+    services is a token (``tgram://bottoken/chat``), unless it names a server."""
+    scheme = urlsplit(url).scheme.lower()
+    return url_secrets(url, host_is_secret=scheme not in HOST_SCHEMES)
 
 
 # --- The payload and its signature (Standard Webhooks) ------------------------------------------
@@ -262,7 +242,7 @@ def post_signed(fetcher: Fetcher, url: str, msg_id: str, payload: dict[str, Any]
         return Attempt(None, exc, None, 0.0)
     body = encode_body(payload)
     headers = webhook_headers(msg_id, int(now), body, keys)
-    remember_secrets(url_secrets(url))
+    remember(url_secrets(url))
     try:
         result = fetcher.post(url, content=body, headers=headers, connect_timeout=timeouts[0],
                               total_timeout=timeouts[1], max_body=RESPONSE_PREFIX * 4)
@@ -272,88 +252,66 @@ def post_signed(fetcher: Fetcher, url: str, msg_id: str, payload: dict[str, Any]
     return Attempt(result.status, None, result.retry_after, result.elapsed, answer)
 
 
-# Apprise schemes that send to a host the URL names (self-hosted services): the host is checked
-# with the address guard first. Apprise resolves it again itself, so this stops configured
-# private addresses, not DNS rebinding; other schemes talk to their service's public API.
-GUARDED_SCHEMES = frozenset({
+# Apprise schemes whose URL host names a server (self-hosted services), not a token: the host
+# stays readable in output. Every scheme's connections go through the address guard anyway
+# (``guarded_sockets``); see docs/webhooks.md.
+HOST_SCHEMES = frozenset({
     "json", "jsons", "xml", "xmls", "form", "forms", "apprise", "apprises", "ntfy", "ntfys",
     "gotify", "gotifys", "mmost", "mmosts", "rocket", "rockets", "matrix", "matrixs",
+    "mailto", "mailtos", "kodi", "kodis", "xbmc", "xbmcs", "emby", "embys", "jellyfin",
+    "jellyfins", "hassio", "hassios", "enigma2", "enigma2s", "synology", "synologys",
+    "nctalk", "nctalks", "ncloud", "nclouds", "rsyslog", "signal", "signals", "smseagle",
+    "smseagles", "misskey", "misskeys", "mastodon", "mastodons", "toot", "toots",
 })
+# Schemes that notify this machine (desktop bus, local syslog, USB light) through channels
+# that are not Python sockets, so the address guard cannot see them: refused.
+LOCAL_SCHEMES = frozenset({"syslog", "dbus", "qt", "kde", "glib", "gio", "gnome", "macosx",
+                           "windows", "blink1"})
 
 
-def notify_refusal(url: str, allowed: Sequence[IPNetwork]) -> str | None:
-    """Why the address guard refuses an Apprise URL's host, or None."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in GUARDED_SCHEMES or not parts.hostname:
-        return None
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        return None  # not a host name (a token or topic): Apprise reaches its public service
-    for info in infos:
-        refusal = address_refusal(ipaddress.ip_address(info[4][0]), allowed)
-        if refusal:
-            return (f"refused address {info[4][0]} ({refusal}); "
-                    f"NEWSMON_ALLOW_NETWORKS can allow its network")
+def notify_scheme_problem(url: str) -> str | None:
+    """Why an Apprise URL cannot be used by newsmon (checked by ``newsmon check`` and before
+    every send), or None."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]*", scheme):
+        return "expected an Apprise URL such as ntfy://host/topic"
+    if scheme in LOCAL_SCHEMES:
+        return (f"scheme {scheme}:// is not supported: it notifies this machine through a "
+                f"channel the address guard cannot check")
+    if _apprise().Apprise.instantiate(url, suppress_exceptions=True) is None:
+        return f"scheme {scheme}:// is not a usable Apprise URL (unknown scheme or bad format)"
     return None
 
 
-class _ScrubSecrets(logging.Filter):
+def _quiet_http_libraries() -> None:
     """Our HTTP libraries log request URLs (httpx at INFO: "HTTP Request: POST https://user:
-    password@host/token") and Apprise and urllib3 log URLs and payloads below WARNING. Scrub
-    every destination's secrets from their records, and drop Apprise's and urllib3's chatter."""
-
-    def __init__(self, quiet_below: int = logging.NOTSET) -> None:
-        super().__init__()
-        self.quiet_below = quiet_below
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < self.quiet_below:
-            return False
-        message = record.getMessage()
-        clean = redact(message, _secrets)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
+    password@host/token"), Apprise and urllib3 URLs and payloads below WARNING: their records
+    are redacted, and Apprise's and urllib3's chatter dropped."""
+    for name, quiet in (("httpx", logging.NOTSET), ("httpcore", logging.NOTSET),
+                        ("apprise", logging.WARNING), ("urllib3", logging.WARNING)):
+        logging.getLogger(name).addFilter(RedactFilter(quiet))
 
 
-_secrets: tuple[str, ...] = ()       # longest first; replaced whole, so readers need no lock
-_secrets_lock = threading.Lock()
-
-
-def remember_secrets(secrets: Iterable[str]) -> None:
-    """Make the log filters scrub these strings from the HTTP libraries' records."""
-    global _secrets
-    with _secrets_lock:
-        if not set(secrets) <= set(_secrets):
-            _secrets = tuple(sorted(set(_secrets) | set(secrets), key=len, reverse=True))
+_quiet_http_libraries()
 
 
 def webhook_secrets(hook: WebhookConfig) -> list[str]:
     """A webhook's URL (and its parts that may be tokens) and its signing secrets, longest
-    first (the order ``redact`` needs)."""
+    first."""
     found = url_secrets(hook.url.get_secret_value()) + [s.get_secret_value() for s in hook.secret]
     return sorted(found, key=len, reverse=True)
 
 
-def known_secrets() -> tuple[str, ...]:
-    """Every secret string seen so far (longest first): for scrubbing logs and error reports."""
-    return _secrets
-
-
 def config_secrets(config: Config) -> list[str]:
     """The secret strings of a configuration: webhook URLs and their parts, webhook secrets,
-    notification URLs' tokens."""
+    notification URLs' tokens, feed URLs' credentials."""
     out = [secret for hook in config.webhooks.values() for secret in webhook_secrets(hook)]
     for watchlist in config.watchlists:
         for url in watchlist.notify:
-            out += url_secrets(url.get_secret_value())
+            out += notify_secrets(url.get_secret_value())
+    for feed in config.feeds:
+        out += url_credentials(feed.url)
     return out
-
-
-for _name, _quiet in (("httpx", logging.NOTSET), ("httpcore", logging.NOTSET),
-                      ("apprise", logging.WARNING), ("urllib3", logging.WARNING)):
-    logging.getLogger(_name).addFilter(_ScrubSecrets(_quiet))
 
 
 _apprise_lock = threading.Lock()
@@ -372,26 +330,28 @@ def _apprise() -> ModuleType:
 
 
 def send_notification(url: str, title: str, body: str, allowed: Sequence[IPNetwork]) -> Attempt:
-    """One notification through Apprise; its failures are transient (Apprise gives no cause
-    that could tell a bad token from an outage), except an unusable URL or a refused address."""
+    """One notification through Apprise, every connection it makes checked by the address
+    guard and no redirect followed. Its failures are transient (Apprise gives no cause that
+    could tell a bad token from an outage), except an unusable URL or a refused address."""
     apprise = _apprise()
     started = time.monotonic()
-    secrets = url_secrets(url)
-    remember_secrets(secrets)
-    scheme = urlsplit(url).scheme or "unknown"
-    refusal = notify_refusal(url, allowed)
-    if refusal:
-        return Attempt(None, PermanentDeliveryError(refusal), None, 0.0)
-    notifier = apprise.Apprise()
-    if not notifier.add(url):
-        return Attempt(None, PermanentDeliveryError(f"not a usable Apprise URL ({scheme}://)"),
-                       None, 0.0)
+    secrets = notify_secrets(url)
+    remember(secrets)
+    scheme = url.split("://", 1)[0] if "://" in url else "unknown"
+    problem = notify_scheme_problem(url)
+    if problem:
+        return Attempt(None, PermanentDeliveryError(problem), None, 0.0)
     # LogCapture listens on apprise's global logger: with notifications in flight on several
-    # threads a reason may come from a neighbour's failure (scrubbed of every known secret).
-    with apprise.LogCapture(level=logging.WARNING) as captured:
-        ok = notifier.notify(title=title, body=body)
+    # threads a reason may come from a neighbour's failure (redacted like every reason).
+    with (guarded_sockets(allowed) as guard,
+          apprise.LogCapture(level=logging.WARNING) as captured):
+        notifier = apprise.Apprise(asset=apprise.AppriseAsset(http_redirects=False))
+        ok = notifier.add(url) and notifier.notify(title=title, body=body)
         said = captured.getvalue().strip().splitlines()
     latency = time.monotonic() - started
+    if guard.refusals:
+        return Attempt(None, PermanentDeliveryError(f"{scheme}: {guard.refusals[0]}"), None,
+                       latency)
     if ok:
         return Attempt(None, None, None, latency)
     cause = redact(said[-1].split(" - ", 2)[-1], secrets)[:RESPONSE_PREFIX] if said else "failed"
@@ -439,7 +399,7 @@ def resolve_destination(config: Config, label: str, watchlist: str) -> Destinati
     url = next((u for u in urls if notify_dest(u) == label), None)
     if url is None:
         return f"notification URL {label} is no longer configured for watchlist {watchlist!r}"
-    return Destination(label, DEFAULT_SCHEDULE, tuple(url_secrets(url)), notify_url=url)
+    return Destination(label, DEFAULT_SCHEDULE, tuple(notify_secrets(url)), notify_url=url)
 
 
 @dataclass(frozen=True)
@@ -498,7 +458,7 @@ def _begin(claim: DeliveryClaim, store: Store, clock: Callable[[], float]) -> De
 def send(dest: Destination, alert: dict[str, Any], copies: int, now: float, fetcher: Fetcher,
          allowed: Sequence[IPNetwork], timeouts: tuple[float, float]) -> Attempt:
     """One send to a webhook or a notification URL."""
-    remember_secrets(dest.secrets)
+    remember(dest.secrets)
     if dest.webhook is not None:
         payload = ({k: alert[k] for k in ("type", "timestamp", "data")} if "type" in alert
                    else alert_payload(alert, copies))  # a feed health event is stored as sent
@@ -553,11 +513,12 @@ def _give_up(store: Store, claim: DeliveryClaim, label: str, reason: str,
 
 def ping_webhook(fetcher: Fetcher, name: str, hook: WebhookConfig, now: float,
                  msg_id: str) -> Attempt:
-    """Send a signed ``ping`` event to a webhook (``newsmon webhook test``)."""
+    """Send a signed ``ping`` event to a webhook (``newsmon webhook test``); its reason and
+    the receiver's answer come back redacted (an error page may echo the URL's token)."""
     attempt = post_signed(fetcher, hook.url.get_secret_value(), msg_id, ping_payload(name, now),
                           [s.get_secret_value() for s in hook.secret], now)
-    if attempt.error is None:
-        return attempt
-    error = type(attempt.error)(redact(attempt.error.reason, webhook_secrets(hook)),
-                                attempt.error.status)
-    return Attempt(attempt.status, error, attempt.retry_after, attempt.latency, attempt.response)
+    secrets = webhook_secrets(hook)
+    error = attempt.error and type(attempt.error)(redact(attempt.error.reason, secrets),
+                                                  attempt.error.status)
+    return Attempt(attempt.status, error, attempt.retry_after, attempt.latency,
+                   redact(attempt.response, secrets))

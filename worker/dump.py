@@ -37,21 +37,56 @@ _LINE_2 = re.compile(
 _DUMP_NAME = re.compile(r"([0-9]{3,})_[0-9a-f]+\.txt")
 # Everything str.splitlines() breaks on: no field may hold one.
 _LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+# C0 and C1 control characters and lone surrogates: never in a dump.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+UNTITLED = "(untitled)"
 
 
 def dump_of(article: Article) -> Dump:
-    """The dump of an article: its time as wall time in the feed's zone, else in its own offset."""
+    """The dump of an article: its time as wall time in the feed's zone, else in its own offset.
+
+    Every field comes out strict: one line, no control character or lone surrogate, single
+    spaces, none at either end; empty paragraphs are dropped and an empty title is UNTITLED.
+    """
     when = article.published
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     if article.timezone:
         when = when.astimezone(ZoneInfo(article.timezone))
+    paragraphs = (_one_line(p) for p in article.paragraphs)
     return Dump(
-        title=_one_line(article.title),
+        title=_one_line(article.title) or UNTITLED,
         author=_one_line(article.author),
         published=when.replace(tzinfo=None, second=0, microsecond=0),
-        paragraphs=tuple(_one_line(p) for p in article.paragraphs),
+        paragraphs=tuple(p for p in paragraphs if p),
     )
+
+
+def dump_problems(text: str, *, had_text: bool = True) -> list[str]:
+    """What makes a dump's text break the strict format, if anything: valid UTF-8, the two
+    header lines, no empty line, no control character, no trailing space, a final newline,
+    and body lines unless the entry had no text but its title (``had_text`` False)."""
+    problems = []
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        problems.append("not valid UTF-8 (a lone surrogate)")
+    try:
+        dump = parse_dump(text)
+    except DumpFormatError as exc:
+        return [*problems, str(exc)]
+    lines = text[:-1].split("\n")
+    if any(not line for line in lines[1:]):
+        problems.append("an empty line")
+    if any(line != line.rstrip() for line in lines):
+        problems.append("a trailing space")
+    if any(_CONTROL.search(line) for line in lines):
+        problems.append("a control character")
+    if not dump.title.strip():
+        problems.append("an empty title")
+    if had_text and not dump.paragraphs:
+        problems.append("no body lines although the entry had text")
+    return problems
 
 
 def render_dump(dump: Dump) -> str:
@@ -191,7 +226,11 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _one_line(text: str) -> str:
-    return _LINE_BREAK.sub(" ", text)
+    """One line with single spaces (tabs and line breaks are spaces), no control characters."""
+    text = " ".join(text.split())
+    if not text.isprintable():
+        text = " ".join(_CONTROL.sub("", _LINE_BREAK.sub(" ", text)).split())
+    return text
 
 
 def _wall_time(month: str, day: int, year: int, hour: int, minute: int, half: str) -> datetime:

@@ -4,6 +4,7 @@
     ├── ConfigError              bad configuration: names the file, key path and what was expected
     ├── QuerySyntaxError         a watchlist query that does not parse: the column, what was expected
     ├── NotAFeedError            bytes that are no RSS, Atom or JSON Feed (says what was received)
+    ├── BadEntryError            one feed entry that cannot become an article (the others go on)
     ├── DumpFormatError          a file that is not in the dump format
     ├── FetchError               a fetch failed; ``reason`` is a short user-facing cause
     │   ├── TransientFetchError  may succeed next time: DNS, connect, timeout, 5xx, 429
@@ -53,6 +54,10 @@ class QuerySyntaxError(NewsmonError, ValueError):
 
 class NotAFeedError(NewsmonError):
     """The bytes are not a feed; the message says what they look like instead."""
+
+
+class BadEntryError(NewsmonError):
+    """One entry of a feed cannot become an article; the message says why. Skip it, keep the rest."""
 
 
 class DumpFormatError(NewsmonError):

@@ -3,7 +3,9 @@
 Safe means: no request reaches a non-public address (checked on the address actually
 connected to, on every redirect hop), bodies are capped before and after decompression,
 the whole exchange has a deadline, and every failure leaves as a ``FetchError`` with a
-reason a user can act on. ``deliver`` reuses the same guard through ``Fetcher.post``.
+reason a user can act on. ``deliver`` reuses the same guard through ``Fetcher.post``, and
+``guarded_sockets`` applies it to the sockets other libraries open (Apprise). Headers from
+peers are data: a bad value is treated as absent.
 Only this module and ``deliver`` import httpx; see docs/fetching.md.
 """
 
@@ -13,26 +15,29 @@ import contextvars
 import ipaddress
 import os
 import random
+import re
 import socket
 import ssl
+import sys
 import threading
 import time
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import httpcore
 import httpx
 
 from worker import USER_AGENT
+from worker.config import url_problem
 from worker.errors import ConfigError, FetchError, PermanentFetchError, TransientFetchError
+from worker.redact import redact_url
 
 ALLOW_NETWORKS_ENV = "NEWSMON_ALLOW_NETWORKS"
 MAX_BYTES = 15 * 1024 * 1024
@@ -44,6 +49,7 @@ FEED_ACCEPT = (
 # common ones cannot bound the output of a single chunk.
 ACCEPT_ENCODING = "gzip, deflate"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_LOCATION = "newsmon_location"  # where a response's Location header is kept (see _set_location_aside)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -51,24 +57,93 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # --- The address guard: pure decisions -------------------------------------------------------
 
-# Not is_private, yet a cloud metadata service answers at 100.100.100.200.
-_CARRIER_GRADE_NAT = ipaddress.ip_network("100.64.0.0/10")
+# The IANA special-purpose address registries in full, as published at
+#   https://www.iana.org/assignments/iana-ipv4-special-registry/ (updated 2025-05)
+#   https://www.iana.org/assignments/iana-ipv6-special-registry/ (updated 2025-05)
+# Every entry is refused, also those the registry calls globally reachable (anycast
+# services, AS112): no feed or webhook lives there. Python 3.11's is_global misses some of
+# them (192.88.99.0/24, 3fff::/20, 100.64.0.0/10 where a cloud metadata service answers at
+# 100.100.100.200), hence the table. (network, name, source)
+SPECIAL_PURPOSE_V4 = (
+    ("0.0.0.0/8", "this network", "RFC 791"),
+    ("0.0.0.0/32", "this host on this network", "RFC 1122"),
+    ("10.0.0.0/8", "private", "RFC 1918"),
+    ("100.64.0.0/10", "carrier-grade NAT", "RFC 6598"),
+    ("127.0.0.0/8", "loopback", "RFC 1122"),
+    ("169.254.0.0/16", "link-local", "RFC 3927"),
+    ("172.16.0.0/12", "private", "RFC 1918"),
+    ("192.0.0.0/24", "IETF protocol assignments", "RFC 6890"),
+    ("192.0.0.0/29", "IPv4 service continuity prefix", "RFC 7335"),
+    ("192.0.0.8/32", "IPv4 dummy address", "RFC 7600"),
+    ("192.0.0.9/32", "port control protocol anycast", "RFC 7723"),
+    ("192.0.0.10/32", "TURN anycast", "RFC 8155"),
+    ("192.0.0.170/31", "NAT64/DNS64 discovery", "RFC 8880"),
+    ("192.0.2.0/24", "documentation", "RFC 5737"),
+    ("192.31.196.0/24", "AS112", "RFC 7535"),
+    ("192.52.193.0/24", "AMT", "RFC 7450"),
+    ("192.88.99.0/24", "6to4 relay anycast (deprecated)", "RFC 7526"),
+    ("192.168.0.0/16", "private", "RFC 1918"),
+    ("192.175.48.0/24", "AS112 direct delegation", "RFC 7534"),
+    ("198.18.0.0/15", "benchmarking", "RFC 2544"),
+    ("198.51.100.0/24", "documentation", "RFC 5737"),
+    ("203.0.113.0/24", "documentation", "RFC 5737"),
+    ("240.0.0.0/4", "reserved", "RFC 1112"),
+    ("255.255.255.255/32", "limited broadcast", "RFC 919"),
+)
+SPECIAL_PURPOSE_V6 = (
+    ("::1/128", "loopback", "RFC 4291"),
+    ("::/128", "unspecified", "RFC 4291"),
+    ("::ffff:0:0/96", "IPv4-mapped", "RFC 4291"),
+    ("64:ff9b::/96", "IPv4-IPv6 translation", "RFC 6052"),
+    ("64:ff9b:1::/48", "IPv4-IPv6 translation, local use", "RFC 8215"),
+    ("100::/64", "discard-only", "RFC 6666"),
+    ("100:0:0:1::/64", "dummy IPv6 prefix", "RFC 9780"),
+    ("2001::/23", "IETF protocol assignments", "RFC 2928"),
+    ("2001::/32", "Teredo", "RFC 4380"),
+    ("2001:1::1/128", "port control protocol anycast", "RFC 7723"),
+    ("2001:1::2/128", "TURN anycast", "RFC 8155"),
+    ("2001:1::3/128", "DNS-SD service registration anycast", "RFC 9665"),
+    ("2001:2::/48", "benchmarking", "RFC 5180"),
+    ("2001:3::/32", "AMT", "RFC 7450"),
+    ("2001:4:112::/48", "AS112", "RFC 7535"),
+    ("2001:10::/28", "ORCHID (deprecated)", "RFC 4843"),
+    ("2001:20::/28", "ORCHIDv2", "RFC 7343"),
+    ("2001:30::/28", "drone remote ID", "RFC 9374"),
+    ("2001:db8::/32", "documentation", "RFC 3849"),
+    ("2002::/16", "6to4", "RFC 3056"),
+    ("2620:4f:8000::/48", "AS112 direct delegation", "RFC 7534"),
+    ("3fff::/20", "documentation", "RFC 9637"),
+    ("5f00::/16", "SRv6 SIDs", "RFC 9602"),
+    ("fc00::/7", "unique-local", "RFC 4193"),
+    ("fe80::/10", "link-local", "RFC 4291"),
+)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
-# Checked in order, on the address after unwrapping any IPv4 inside it; the first match names
-# the refusal. ipaddress alone is not enough: 224.0.0.1, ff02::1, fec0::1 and NAT64 forms all
-# report is_global (see docs/fetching.md).
-_REFUSALS = (
-    ("loopback", lambda ip: ip.is_loopback),
-    ("unspecified", lambda ip: ip.is_unspecified),
-    ("link-local", lambda ip: ip.is_link_local),
+
+def _special_table() -> list[tuple[IPNetwork, str]]:
+    """Both registries, most specific first (192.0.0.9 is PCP anycast before IETF protocol)."""
+    rows = [(ipaddress.ip_network(net), name) for net, name, _source in
+            (*SPECIAL_PURPOSE_V4, *SPECIAL_PURPOSE_V6)]
+    return sorted(rows, key=lambda row: -row[0].prefixlen)
+
+
+_SPECIAL = _special_table()
+
+# After the registries: what is outside them and still no unicast destination on the Internet.
+_OTHER_REFUSALS = (
     ("multicast", lambda ip: ip.is_multicast),
-    ("carrier-grade NAT", lambda ip: ip in _CARRIER_GRADE_NAT),
-    ("private", lambda ip: ip.is_private),
-    ("site-local", lambda ip: ip.version == 6 and ip.is_site_local),
+    ("site-local (deprecated)", lambda ip: ip.version == 6 and ip.is_site_local),
     ("reserved", lambda ip: ip.is_reserved),
     ("not globally routable", lambda ip: not ip.is_global),
 )
+
+
+def special_purpose(address: IPAddress) -> str | None:
+    """The name of the special-purpose registry entry holding ``address``, if any."""
+    for network, name in _SPECIAL:
+        if address.version == network.version and address in network:
+            return name
+    return None
 
 
 def embedded_ipv4(address: IPAddress) -> IPAddress:
@@ -91,7 +166,10 @@ def address_refusal(address: str | IPAddress, allowed: Sequence[IPNetwork] = ())
     inner = embedded_ipv4(ip)
     if any(candidate in network for candidate in (ip, inner) for network in allowed):
         return None
-    return next((name for name, applies in _REFUSALS if applies(inner)), None)
+    # An address of a translation prefix (IPv4-mapped, NAT64, 6to4) is judged by the IPv4
+    # address inside, not by the prefix's own registry entry.
+    refusal = special_purpose(inner)
+    return refusal or next((name for name, applies in _OTHER_REFUSALS if applies(inner)), None)
 
 
 def parse_networks(cidrs: Iterable[str], source: str = "allow_networks") -> list[IPNetwork]:
@@ -115,20 +193,45 @@ def allow_networks_from_env(env: Mapping[str, str] = os.environ) -> list[str]:
     return cidrs
 
 
+# --- Headers from peers: data, never trusted -----------------------------------------------------
+
+MAX_RETRY_AFTER = 366 * 86400.0   # callers cap further (a day); this keeps the numbers sane
+MAX_HEADER_VALUE = 8192           # a Location, ETag or Last-Modified longer than this is dropped
+_DIGITS = re.compile(r"[0-9]{1,15}")  # ASCII only: "²".isdigit() is True, int("²") fails
+
+
+def header_int(value: str | None) -> int | None:
+    """A non-negative decimal header value (Content-Length), or None when absent or bad."""
+    value = (value or "").strip()
+    return int(value) if _DIGITS.fullmatch(value) else None
+
+
+def header_text(value: str | None) -> str | None:
+    """A header value to keep and send back (ETag, Last-Modified), or None when absent, too
+    long or holding control characters."""
+    if not value or len(value) > MAX_HEADER_VALUE:
+        return None
+    controls = any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value)
+    return None if controls else value
+
+
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
-    if not value:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date, at most
+    MAX_RETRY_AFTER), or None when absent or garbage ("²", "-5", "soon", an impossible date)."""
+    value = (value or "").strip()
+    if not value or len(value) > 64:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    if value[0] in "0123456789":
+        seconds = float(value) if _DIGITS.fullmatch(value) else None
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return None if seconds is None else min(seconds, MAX_RETRY_AFTER)
 
 
 # --- The address guard: where connections are made -------------------------------------------
@@ -246,6 +349,88 @@ def _guarded_transport(allowed: Sequence[IPNetwork], limits: httpx.Limits) -> ht
     return transport
 
 
+# --- The address guard for connections other libraries make ------------------------------------
+
+class RefusedConnection(PermissionError):
+    """A socket connection the address guard stopped inside a library (an OSError, which
+    every network library already handles as a failed connection)."""
+
+
+@dataclass
+class SocketGuard:
+    """The guard of one ``guarded_sockets`` block: what it allows and what it refused."""
+
+    allowed: tuple[IPNetwork, ...]
+    refusals: list[str] = field(default_factory=list)
+
+    def refusal(self, address: object) -> str | None:
+        """Why a socket may not connect or send to ``address`` (a socket address), or None."""
+        if not isinstance(address, tuple) or len(address) < 2 or not isinstance(address[0], str):
+            return f"refused a non-internet socket address {address!r}"
+        host, port = address[0], address[1]
+        try:
+            candidates = [str(ipaddress.ip_address(host))]
+        except ValueError:  # a name given to connect() itself: resolve it as connect() will
+            try:
+                candidates = [i[4][0] for i in socket.getaddrinfo(host, port)]
+            except (OSError, UnicodeError):
+                return f"DNS lookup failed for host {host}"
+        for candidate in dict.fromkeys(candidates):
+            refused = address_refusal(candidate, self.allowed)
+            if refused:
+                of_host = "" if candidate == host else f" of host {host}"
+                return (f"refused address {candidate} ({refused}){of_host}; "
+                        f"{ALLOW_NETWORKS_ENV} can allow its network")
+        return None
+
+
+_socket_guard: contextvars.ContextVar[SocketGuard | None] = contextvars.ContextVar(
+    "newsmon_socket_guard", default=None
+)
+# The audit events of every Python socket that reaches out (TCP connect, UDP send).
+_SOCKET_EVENTS = frozenset({"socket.connect", "socket.sendto", "socket.sendmsg"})
+_audit_lock = threading.Lock()
+_audit_installed = False
+
+
+def _audit_socket(event: str, args: tuple[object, ...]) -> None:
+    if event not in _SOCKET_EVENTS:
+        return
+    guard = _socket_guard.get()
+    if guard is None or (event == "socket.sendmsg" and args[1] is None):  # connected already
+        return
+    refused = guard.refusal(args[1])
+    if refused:
+        guard.refusals.append(refused)
+        raise RefusedConnection(refused)
+
+
+def install_socket_guard() -> None:
+    """Add the audit hook that checks sockets opened inside ``guarded_sockets`` (once per
+    process; an audit hook cannot be removed, and outside such a block it does nothing)."""
+    global _audit_installed
+    with _audit_lock:
+        if not _audit_installed:
+            sys.addaudithook(_audit_socket)
+            _audit_installed = True
+
+
+@contextmanager
+def guarded_sockets(allowed: Sequence[IPNetwork] = ()) -> Iterator[SocketGuard]:
+    """Within this block (and the threads that copy its context, as Apprise's do), every
+    Python socket connect and UDP send goes through the address guard first: a refused
+    address raises RefusedConnection inside the library that tried, and is listed in the
+    returned guard's ``refusals``. The check is on the address actually connected to, so
+    DNS rebinding and redirects to refused addresses are stopped too."""
+    install_socket_guard()
+    guard = SocketGuard(tuple(allowed))
+    token = _socket_guard.set(guard)
+    try:
+        yield guard
+    finally:
+        _socket_guard.reset(token)
+
+
 # --- Bodies ------------------------------------------------------------------------------------
 
 def _size(n: int) -> str:
@@ -287,8 +472,8 @@ def _decoder(content_encoding: str | None) -> _Identity | _Inflate:
 def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
     """The decoded body; abort as soon as the raw or the decoded size passes ``max_bytes``."""
     too_large = f"response larger than {_size(max_bytes)}"
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    declared = header_int(response.headers.get("content-length"))
+    if declared is not None and declared > max_bytes:
         raise PermanentFetchError(too_large)
     decoder = _decoder(response.headers.get("content-encoding"))
     body = bytearray()
@@ -432,6 +617,7 @@ class Fetcher:
             # Feeds must not see each other's cookies through the shared client.
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
             follow_redirects=False,  # followed by hand in get(), with the guard on each hop
+            event_hooks={"response": [_set_location_aside]},
             trust_env=False,  # no proxies or certificates from the environment
         )
 
@@ -467,7 +653,7 @@ class Fetcher:
                         _raise_for_status(response)
                         return self._result(response, etag, last_modified, started)
                 if target in seen:
-                    raise PermanentFetchError(f"redirect loop at {target}", url)
+                    raise PermanentFetchError(f"redirect loop at {redact_url(target)}", url)
                 seen.add(target)
                 hop_url = target
         raise PermanentFetchError(f"more than {self.max_redirects} redirects", url)
@@ -497,7 +683,7 @@ class Fetcher:
             body = _read_prefix(response, max_body)
             return PostResult(
                 status=response.status_code,
-                headers=dict(response.headers),
+                headers={**response.headers, **_location_of(response)},
                 body=body,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
                 elapsed=time.monotonic() - started,
@@ -547,10 +733,9 @@ class Fetcher:
             status=response.status_code,
             content=content,
             content_type=response.headers.get("content-type"),
-            etag=response.headers.get("etag", etag if not_modified else None),
-            last_modified=response.headers.get(
-                "last-modified", last_modified if not_modified else None
-            ),
+            etag=header_text(response.headers.get("etag")) or (etag if not_modified else None),
+            last_modified=header_text(response.headers.get("last-modified"))
+            or (last_modified if not_modified else None),
             not_modified=not_modified,
             elapsed=time.monotonic() - started,
         )
@@ -631,20 +816,30 @@ class LocalHostLeases:
             return len(self._held)
 
 
+def _set_location_aside(response: httpx.Response) -> None:
+    """Move Location out of the headers into ``extensions``: httpx parses it to build the next
+    request even when it follows no redirect, and a garbage Location would then fail the
+    whole exchange as a protocol error. Here it is data, judged by ``_redirect_target``."""
+    location = response.headers.get("location")
+    if location is not None:
+        del response.headers["location"]
+        response.extensions = {**response.extensions, _LOCATION: location}
+
+
+def _location_of(response: httpx.Response) -> dict[str, str]:
+    location = response.extensions.get(_LOCATION)
+    return {"location": location} if isinstance(location, str) else {}
+
+
 def _redirect_target(response: httpx.Response) -> str | None:
     """The absolute URL a redirect points to (its body is never read), or None."""
     if response.status_code not in _REDIRECT_STATUSES:
         return None
-    location = response.headers.get("location")
-    if not location:
-        raise PermanentFetchError(f"HTTP {response.status_code} redirect without a Location")
-    return str(response.url.join(location))
-
-
-def redact_url(url: str) -> str:
-    """A URL for display: its credentials and query (often a token) hidden."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = ("***@" if parts.username or parts.password else "") + host + (
-        f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+    location = header_text(response.extensions.get(_LOCATION))
+    try:
+        target = str(response.url.join(location.strip())) if location else None
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        target = None  # garbage is no Location (another scheme is refused by _checked_url)
+    if target is None or (target.startswith(("http:", "https:")) and url_problem(target)):
+        raise PermanentFetchError(f"HTTP {response.status_code} redirect without a usable Location")
+    return target

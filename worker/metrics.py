@@ -70,6 +70,8 @@ DELIVERIES = Counter("newsmon_deliveries_total", "Delivery attempts by outcome",
                      ["kind", "outcome"])
 DELIVERY_SECONDS = Histogram("newsmon_delivery_duration_seconds", "Delivery attempt latency",
                              ["kind"], buckets=_LATENCY)
+PARKED = Counter("newsmon_tasks_parked_total", "Tasks parked after killing their worker 3 times",
+                 ["task"])
 HEALTH_CHANGES = Counter("newsmon_feed_health_changes_total",
                          "Feeds entering a health state", ["state"])
 
@@ -115,11 +117,13 @@ class ClusterCollector(Collector):
                                 "failing_after", value=tally["failing"])
         yield GaugeMetricFamily("newsmon_feeds_stale", "Feeds with nothing new for much longer "
                                 "than their usual rhythm", value=sum(s["stale"] for s in states))
-        fetched = [s for s in states if s["outcome"] in ("ok", "not modified")]
+        fetched = [s for s in states if s["outcome"] in ("ok", "not modified", "unchanged")]
         ratio = (sum(s["outcome"] == "not modified" for s in fetched) / len(fetched)
                  if fetched else 0.0)
         yield GaugeMetricFamily("newsmon_feeds_not_modified_ratio", "Share of the feeds whose "
                                 "last successful fetch answered 304 Not Modified", value=ratio)
+        yield GaugeMetricFamily("newsmon_parked_tasks", "Tasks parked (they killed their worker "
+                                "3 times), kept 30 days", value=len(store.parked_tasks(now)))
         beat = store.last_beat()
         if beat is not None:
             yield GaugeMetricFamily("newsmon_beat_age_seconds", "Seconds since the last beat tick",

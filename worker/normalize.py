@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+import lxml.etree
 import lxml.html
 
 from worker.dedupe import canonical_url
+from worker.errors import BadEntryError
 from worker.models import Article, FeedEntry, ParsedFeed
 
 log = logging.getLogger(__name__)
@@ -47,10 +49,13 @@ SKIP_TAGS = frozenset({
 })
 
 _TAG = re.compile(r"<[A-Za-z!/?]")
+_ANY_TAG = re.compile(r"<[^>]*>")
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v\xa0]*\n")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 # Control and invisible characters that are no whitespace (whitespace is collapsed anyway).
-_UNWANTED = re.compile("[\x00-\x08\x0e-\x1b\x7f\ud800-\udfff\ufffe\uffff\u200b\ufeff\xad]")
+# C0 and C1 controls (U+0080-U+009F too: windows-1252 bytes misread as Latin-1), DEL.
+_UNWANTED = re.compile(
+    "[\x00-\x08\x0e-\x1b\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff\u200b\ufeff\xad]")
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,22 @@ def normalize_entry(entry: FeedEntry, feed: ParsedFeed, *, feed_url: str, first_
     Paragraphs come from the page when it has more text than the feed. A first paragraph
     that repeats the title is dropped. An entry without a title is named after the first
     ``UNTITLED_WORDS`` words of its first paragraph (with "..." when cut), else "(untitled)".
+
+    The entry boundary: whatever the entry holds, this returns an Article or raises
+    BadEntryError with a one-line reason.
     """
+    try:
+        return _normalized(entry, feed, feed_url=feed_url, first_seen=first_seen,
+                           feed_name=feed_name, timezone=timezone, page=page)
+    except Exception as exc:  # one entry's data must never stop its feed's other entries
+        log.debug("normalize failed", exc_info=True)
+        which = entry.link or entry.guid or str(entry.title)[:80]
+        raise BadEntryError(f"entry {which!r} cannot be normalized: {type(exc).__name__}: "
+                            f"{str(exc)[:120]}") from exc
+
+
+def _normalized(entry: FeedEntry, feed: ParsedFeed, *, feed_url: str, first_seen: datetime,
+                feed_name: str | None, timezone: str | None, page: PageText | None) -> Article:
     paragraphs = html_to_paragraphs(entry.content_html)
     if page is not None and _length(page.paragraphs) > _length(paragraphs):
         paragraphs = list(page.paragraphs)
@@ -84,7 +104,7 @@ def normalize_entry(entry: FeedEntry, feed: ParsedFeed, *, feed_url: str, first_
     url = entry.link or ""
     canonical = canonical_url(url) if url else ""
     return Article(
-        id=article_id(canonical, feed_url, entry.guid),
+        id=entry_article_id(entry, feed_url),
         canonical_url=canonical,
         url=url,
         guid=entry.guid,
@@ -98,16 +118,27 @@ def normalize_entry(entry: FeedEntry, feed: ParsedFeed, *, feed_url: str, first_
     )
 
 
-def article_id(canonical_url: str, feed_url: str, guid: str | None) -> str:
+def article_id(canonical_url: str, feed_url: str, guid: str | None,
+               content: str | None = None) -> str:
     """16 lowercase hex digits: sha256 of the canonical URL, or of feed URL + newline + GUID
-    for an entry without a link."""
+    for an entry without a link, or of feed URL + newline + "content:" + sha256 of its title
+    and body for an entry with neither (stable while the feed repeats the entry unchanged)."""
     if canonical_url:
         key = canonical_url
     elif guid:
         key = f"{feed_url}\n{guid}"
+    elif content:
+        digest = hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+        key = f"{feed_url}\ncontent:{digest}"
     else:
-        raise ValueError("an article needs a link or a GUID to have an id")
+        raise ValueError("an article needs a link, a GUID or some content to have an id")
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def entry_article_id(entry: FeedEntry, feed_url: str) -> str:
+    """The id the article of this entry gets (see article_id)."""
+    canonical = canonical_url(entry.link) if entry.link else ""
+    return article_id(canonical, feed_url, entry.guid, f"{entry.title}\n{entry.content_html}")
 
 
 def html_to_paragraphs(markup: str) -> list[str]:
@@ -120,7 +151,14 @@ def html_to_paragraphs(markup: str) -> list[str]:
     markup = _parseable(markup)
     if not _TAG.search(markup):
         return _collapsed(html.unescape(part) for part in _BLANK_LINE.split(markup))
-    root = lxml.html.fragment_fromstring(markup, create_parent="div")
+    try:
+        # A document of our own around the markup: a fragment that is only a DOCTYPE, or an
+        # <html> shell without <body>, makes lxml's fragment parser raise.
+        root = lxml.html.document_fromstring(f"<html><body><div>{markup}</div></body></html>")
+    except (lxml.etree.LxmlError, ValueError, AssertionError):
+        log.warning("could not parse an entry's HTML; its tags are dropped as text")
+        return _collapsed(html.unescape(_ANY_TAG.sub(" ", part))
+                          for part in _BLANK_LINE.split(markup))
     paragraphs = _Paragraphs()
     # An explicit stack instead of recursion: feed HTML can be nested arbitrarily deep.
     todo: list[tuple[lxml.html.HtmlElement, bool]] = [(root, False)]

@@ -4,6 +4,7 @@ dump, match, alert. Celery tasks and ``newsmon run --once`` both call these two 
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -14,24 +15,25 @@ from typing import Any
 
 from worker import metrics
 from worker.config import FeedConfig
-from worker.dedupe import canonical_url, story_keys
-from worker.dump import dump_of, dump_path, place_dump, render_dump
-from worker.errors import FetchError, NotAFeedError
-from worker.fetch import Fetcher, redact_url
+from worker.dedupe import story_keys
+from worker.dump import day_of, dump_of, dump_path, parse_dump, place_dump, render_dump
+from worker.errors import BadEntryError, FetchError, NotAFeedError
+from worker.fetch import Fetcher
 from worker.health import FAILING, Health, health_event, is_stale, next_health, rhythm, stale_threshold
 from worker.match import Matcher, match_article
 from worker.models import Article, FeedEntry, ParsedFeed, WatchlistHit
 from worker.normalize import (
     PageText,
-    article_id,
     extract_page,
     html_to_paragraphs,
     needs_full_text,
     normalize_entry,
 )
-from worker.parse import parse_feed
+from worker.normalize import entry_article_id as article_id_of
+from worker.parse import body_digest, parse_feed
+from worker.redact import redact, redact_url
 from worker.schedule import next_due_after_failure, next_due_after_success
-from worker.store import Store
+from worker.store import INFRA_ERRORS, Store
 
 log = logging.getLogger("newsmon.pipeline")
 FULL_TEXT_BUDGET = 120.0  # seconds of article-page fetching per feed poll
@@ -48,7 +50,7 @@ class Fresh:
 Submit = Callable[[FeedConfig, ParsedFeed, list[Fresh]], None]
 
 
-Parse = Callable[[bytes, str | None], ParsedFeed]
+Parse = Callable[..., ParsedFeed]  # parse_feed(data, content_type, *, url, timezone)
 
 
 def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
@@ -56,41 +58,90 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
     """Fetch one feed and hand its new entries to ``submit``; record the outcome on the feed.
     ``parse`` is ``parse_feed`` or a bounded stand-in for it (see Service.parse).
 
-    Entries are submitted before the feed's ETag is saved, so a crash in between means a
-    refetch, never a lost entry."""
+    The feed's validators (ETag, Last-Modified) and the ids of its document are saved only
+    after its entries were handed on, so a crash in between means a refetch, never a lost
+    entry. An error of the infrastructure (Redis, disk) is raised for the task to run again;
+    any other error is this feed's failure, recorded on it like a failed fetch."""
     state = store.feed_state(feed.name)
-    failures = int(state.get("failures") or 0)
-    outcome: dict[str, Any] = {"url": feed.url, "last_fetch": now, "new_items": 0}
+    outcome: dict[str, Any] = {"url": redact_url(feed.url), "last_fetch": now, "new_items": 0}
     ids = {"feed": feed.name}
     try:
-        with metrics.FETCH_SECONDS.time():  # failed fetches too
-            result = fetcher.get(feed.url, etag=state.get("etag") or None,
-                                 last_modified=state.get("last_modified") or None)
-        outcome.update(status=result.status, etag=result.etag or state.get("etag"),
-                       last_modified=result.last_modified or state.get("last_modified"))
-        if result.not_modified:
-            outcome.update(outcome="not modified", failures=0, error="", last_ok=now)
-            log.debug("feed=%s outcome=not-modified status=304", feed.name, extra=ids)
-            return record_poll(feed, store, state, outcome, now, next_due_after_success(now, feed.every))
-        parsed = parse(result.content, result.content_type)
-    except (FetchError, NotAFeedError) as exc:
-        reason = exc.reason if isinstance(exc, FetchError) else str(exc)
+        parsed = read_feed(feed, state, fetcher, outcome, parse)
+        if parsed is None:  # 304, or a 200 with the bytes of the last successful parse
+            outcome.update(failures=0, error="", last_ok=now)
+            log.debug("feed=%s outcome=%s status=%s", feed.name,
+                      outcome["outcome"].replace(" ", "-"), outcome["status"], extra=ids)
+            return record_poll(feed, store, state, outcome, now,
+                               next_due_after_success(now, feed.every, jitter=random.random()))
+        return hand_on(feed, parsed, store, fetcher, now, submit, state, outcome)
+    except INFRA_ERRORS:
+        raise  # not this feed's fault: the task runs again
+    except (FetchError, NotAFeedError) as exc:  # validators of an answer that is no feed: not kept
+        reason = redact(exc.reason if isinstance(exc, FetchError) else str(exc))  # stored, shown
         retry_after = exc.retry_after if isinstance(exc, FetchError) else None
-        outcome.update(outcome="failed", error=reason, failures=failures + 1,
-                       status=getattr(exc, "status", None) or "")
-        log.warning("feed=%s outcome=failed failures=%d reason=%s", feed.name, failures + 1, reason,
-                    extra=ids)
-        return record_poll(feed, store, state, outcome, now,
-                           next_due_after_failure(now, feed.every, failures + 1, retry_after))
+        return record_failure(feed, store, state, outcome, now, reason, retry_after,
+                              getattr(exc, "status", None))
+    except Exception as exc:  # the feed boundary: a bug or an input nobody foresaw, visibly
+        log.exception("feed=%s fetch or parse raised", feed.name, extra=ids)
+        return record_failure(feed, store, state, outcome, now,
+                              redact(f"unexpected error: {type(exc).__name__}: {str(exc)[:200]}"), None,
+                              None)
+
+
+def hand_on(feed: FeedConfig, parsed: ParsedFeed, store: Store, fetcher: Fetcher, now: float,
+            submit: Submit, state: dict[str, str], outcome: dict[str, Any]) -> dict[str, Any]:
+    """Submit the parsed document's new entries, then remember its ids and validators."""
+    ids = {"feed": feed.name}
+    listed = list(dict.fromkeys(entry_article_id(feed, e) for e in parsed.entries))
     fresh = new_entries(feed, parsed, store, fetcher)
     if fresh:
         submit(feed, parsed, fresh)
+    store.remember_feed_ids(feed.name, listed)
     outcome.update(outcome="ok", error="", failures=0, new_items=len(fresh), last_ok=now,
                    **item_rhythm(parsed, bool(fresh), now))
     log.debug("feed=%s outcome=ok status=%s entries=%d new=%d", feed.name, outcome["status"],
              len(parsed.entries), len(fresh), extra=ids)
     return record_poll(feed, store, state, outcome, now,
-                       next_due_after_success(now, feed.every, parsed.ttl_minutes))
+                       next_due_after_success(now, feed.every, parsed.ttl_minutes,
+                                              jitter=random.random()))
+
+
+def read_feed(feed: FeedConfig, state: dict[str, str], fetcher: Fetcher,
+              outcome: dict[str, Any], parse: Parse = parse_feed) -> ParsedFeed | None:
+    """Fetch and parse the feed, noting status, validators and the body's digest in
+    ``outcome``; None when there is nothing new to parse: a 304 ("not modified"), or a 200
+    whose body is byte-identical to the last one parsed ("unchanged": many servers ignore
+    conditional requests, and a parse costs 30x the fetch)."""
+    with metrics.FETCH_SECONDS.time():  # failed fetches too
+        result = fetcher.get(feed.url, etag=state.get("etag") or None,
+                             last_modified=state.get("last_modified") or None)
+    outcome.update(status=result.status)
+    if result.not_modified:
+        outcome["outcome"] = "not modified"
+        return None
+    validators = {"etag": result.etag or "", "last_modified": result.last_modified or ""}
+    digest = body_digest(result.content, result.content_type)
+    if digest == state.get("body_hash"):
+        outcome.update(outcome="unchanged", **validators)
+        return None
+    parsed = parse(result.content, result.content_type, url=result.url or str(feed.url),
+                   timezone=feed.timezone)
+    # saved with the outcome, so only after the entries are submitted; an answer that is no
+    # feed raised above and keeps none of its validators
+    outcome.update(body_hash=digest, **validators)
+    return parsed
+
+
+def record_failure(feed: FeedConfig, store: Store, state: dict[str, str], outcome: dict[str, Any],
+                   now: float, reason: str, retry_after: float | None,
+                   status: int | None) -> dict[str, Any]:
+    failures = int(state.get("failures") or 0) + 1
+    outcome.update(outcome="failed", error=reason, failures=failures,
+                   status=status or outcome.get("status") or "")
+    log.warning("feed=%s outcome=failed failures=%d reason=%s", feed.name, failures, reason,
+                extra={"feed": feed.name})
+    return record_poll(feed, store, state, outcome, now,
+                       next_due_after_failure(now, feed.every, failures, retry_after))
 
 
 def item_rhythm(parsed: ParsedFeed, any_new: bool, now: float) -> dict[str, float]:
@@ -156,20 +207,26 @@ def iso(ts: float) -> str:
 
 
 def entry_article_id(feed: FeedConfig, entry: FeedEntry) -> str:
-    return article_id(canonical_url(entry.link) if entry.link else "", feed.url, entry.guid)
+    return article_id_of(entry, feed.url)
 
 
 def new_entries(feed: FeedConfig, parsed: ParsedFeed, store: Store,
                 fetcher: Fetcher) -> list[Fresh]:
-    """The entries not processed to the end yet, with full text fetched where the feed asks.
+    """The entries to process: not in the feed's previous document and not processed to the
+    end yet (each once, however often the feed lists it), with full text where asked.
 
     Article pages are fetched one after another until FULL_TEXT_BUDGET seconds are spent; the
     rest keep the feed's own content, so one poll stays well inside the task time limits."""
-    ids = [entry_article_id(feed, e) for e in parsed.entries]
-    done = store.done_articles(ids)
+    listed = store.feed_ids(feed.name)
+    pending: dict[str, FeedEntry] = {}
+    for entry in parsed.entries:
+        aid = entry_article_id(feed, entry)
+        if aid not in listed:
+            pending.setdefault(aid, entry)
+    done = store.done_articles(list(pending))
     deadline = time.monotonic() + FULL_TEXT_BUDGET
     fresh = []
-    for entry, aid in zip(parsed.entries, ids, strict=True):
+    for aid, entry in pending.items():
         if aid not in done:
             page = full_text(feed, entry, fetcher) if time.monotonic() < deadline else None
             fresh.append(Fresh(entry, page))
@@ -183,15 +240,20 @@ def full_text(feed: FeedConfig, entry: FeedEntry, fetcher: Fetcher) -> PageText 
     try:
         page = fetcher.get(entry.link, accept="text/html,application/xhtml+xml", kind="page")
     except FetchError as exc:
-        log.info("feed=%s full-text fetch failed url=%s reason=%s", feed.name, entry.link,
+        log.info("feed=%s full-text fetch failed url=%s reason=%s", feed.name, redact_url(entry.link),
                  exc.reason, extra={"feed": feed.name})
+        return None
+    except Exception:  # the page boundary: a bad page or header keeps the feed's own text
+        log.warning("feed=%s full-text fetch raised url=%s", feed.name, entry.link,
+                    exc_info=True, extra={"feed": feed.name})
         return None
     return extract_page(page.content, page.url)
 
 
 def process_entries(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh], store: Store,
                     matcher: Matcher, dump_dir: Path, now: float) -> list[str]:
-    """Normalize, dedupe, dump, match and alert each entry; one bad entry never stops the rest.
+    """Normalize, dedupe, dump, match and alert each entry; one bad entry never stops the rest,
+    an infrastructure error (Redis, disk) stops them all so that the task runs again.
     Safe to run twice: every step is keyed by the article id."""
     alerts: list[str] = []
     first_seen = datetime.fromtimestamp(now, UTC)
@@ -199,7 +261,13 @@ def process_entries(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh], st
         try:
             article = normalize_entry(item.entry, parsed, feed_url=feed.url, first_seen=first_seen,
                                       feed_name=feed.name, timezone=feed.timezone, page=item.page)
+        except BadEntryError as exc:  # this entry's data: skipped, the others go on
+            log.warning("feed=%s entry skipped: %s", feed.name, exc, extra={"feed": feed.name})
+            continue
+        try:
             alerts += process_article(article, store, matcher, dump_dir, now)
+        except INFRA_ERRORS:
+            raise
         except Exception:  # recorded, and the other entries go on
             log.exception("feed=%s entry failed guid=%s link=%s", feed.name, item.entry.guid,
                           item.entry.link, extra={"feed": feed.name})
@@ -208,18 +276,21 @@ def process_entries(feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh], st
 
 def process_article(article: Article, store: Store, matcher: Matcher, dump_dir: Path,
                     now: float) -> list[str]:
+    """One article: its story, and for a new story one dump file and one stream entry, then
+    its alerts. Whatever text a second run sees, the first run's dump text is the one used."""
     claim = store.claim_story(article.id, story_keys(article), now)
     if claim.fresh:
         metrics.ARTICLES.inc()
         (metrics.STORIES if claim.is_new else metrics.DUPLICATES).inc()
-    text = render_dump(dump_of(article))
-    path = write_story_dump(store, dump_dir, article, text) if claim.is_new else None
+    text = store.first_text(article.id, render_dump(dump_of(article)))
     if claim.is_new:
-        store.add_article(article_json(article, claim.story_id, path))
+        path = write_story_dump(store, dump_dir, article.id, text, now)
+        store.add_article(article.id, article_json(article, claim.story_id, path), now)
     created = []
     for hit in match_article(matcher, article):
         record = alert_json(hit, article, claim.story_id, text, now)
-        alert_id, is_new = store.claim_alert(claim.story_id, hit.watchlist, record["id"], record, now)
+        alert_id, is_new = store.claim_alert(claim.story_id, hit.watchlist, record["id"], record,
+                                             now, article.id)
         if is_new:
             metrics.ALERTS.labels(hit.watchlist).inc()
             log.info("alert=%s watchlist=%s story=%s article=%s", alert_id, hit.watchlist,
@@ -230,13 +301,18 @@ def process_article(article: Article, store: Store, matcher: Matcher, dump_dir: 
     return created
 
 
-def write_story_dump(store: Store, dump_dir: Path, article: Article, text: str) -> Path:
-    """Write the dump at the sequence number Redis assigned this article (the same on retries)."""
-    day = dump_of(article).published.date().isoformat()
-    seq = store.claim_seq(article.id, day)
-    while not place_dump(dump_path(dump_dir, day, seq, article.id), text):
-        seq = store.claim_seq(article.id, day, force_new=True)  # taken by a file not ours
-    return dump_path(dump_dir, day, seq, article.id)
+def write_story_dump(store: Store, dump_dir: Path, article_id: str, text: str,
+                     now: float) -> Path:
+    """Write the dump at the sequence number Redis assigned this article (the same on retries,
+    where ``place_dump`` finds its own file)."""
+    recorded = store.article_file(article_id)
+    if recorded:  # an earlier run wrote and recorded it
+        return Path(recorded)
+    day = day_of(parse_dump(text).published)
+    seq = store.claim_seq(article_id, day, now)
+    while not place_dump(dump_path(dump_dir, day, seq, article_id), text):
+        seq = store.claim_seq(article_id, day, now, force_new=True)  # taken by a file not ours
+    return dump_path(dump_dir, day, seq, article_id)
 
 
 def article_json(article: Article, story_id: str, path: Path | None) -> dict[str, Any]:
@@ -244,7 +320,7 @@ def article_json(article: Article, story_id: str, path: Path | None) -> dict[str
         "id": article.id, "story": story_id, "title": article.title, "url": article.url,
         "canonical_url": article.canonical_url, "guid": article.guid, "source": article.source,
         "author": article.author, "published": article.published.isoformat(),
-        "feed": article.feed, "file": str(path) if path else None,
+        "feed": redact_url(article.feed), "file": str(path) if path else None,
     }
 
 

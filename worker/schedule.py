@@ -4,12 +4,17 @@ from __future__ import annotations
 
 MAX_BACKOFF = 6 * 3600.0   # a failing feed is retried at least every 6 hours, never given up
 CLAIM_LEASE = 15 * 60.0    # a handed-out feed is handed out again if its fetch never reports
+JITTER = 0.2               # a poll comes up to this fraction of the interval early
 
 
 def next_due_after_success(now: float, every: float, ttl_minutes: int | None = None,
-                           retry_after: float | None = None) -> float:
-    """Back to the feed's interval; an RSS ``<ttl>`` or ``Retry-After`` is a minimum wait."""
-    wait = max(every, (ttl_minutes or 0) * 60.0, retry_after or 0.0)
+                           retry_after: float | None = None, jitter: float = 0.0) -> float:
+    """Back to the feed's interval; an RSS ``<ttl>`` or ``Retry-After`` is a minimum wait.
+
+    ``jitter`` (a random number in [0, 1)) brings the poll up to JITTER of the interval
+    early, never later: feeds that started together drift apart instead of polling in one
+    burst forever."""
+    wait = max(every * (1 - JITTER * jitter), (ttl_minutes or 0) * 60.0, retry_after or 0.0)
     return now + wait
 
 

@@ -2,21 +2,19 @@
 heartbeat beat task as a cron monitor, and nothing secret in what leaves the machine.
 
 Scrubbing happens twice: sentry-sdk's EventScrubber drops values under secret-looking keys
-(recursively), then ``scrub_event`` rewrites every string of the event: configured webhook URLs
-and secrets, URL credentials, secret-looking query parameters, ``whsec_`` keys and Standard
-Webhooks signatures. See docs/operations.md.
+(recursively), then ``scrub_event`` passes every string of the event through newsmon's one
+redaction (worker/redact.py). See docs/operations.md.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from worker import __version__
-from worker.deliver import known_secrets, redact
+from worker.redact import redact
 
-FILTERED = "[Filtered]"
+FILTERED = "[Filtered]"  # what sentry-sdk puts under a denied key
 _started = False
 _CONTEXT_IDS = ("feed", "alert", "story", "article")
 # Keys whose values are dropped wherever they appear (compared without case, - and _ alike).
@@ -25,22 +23,10 @@ DENYLIST = ["secret", "secrets", "signing_key", "keys", "key", "webhook_signatur
             "broker_url", "url_secrets", "authorization", "proxy-authorization", "cookie",
             "password", "token"]
 _DENIED = {k.replace("-", "_") for k in DENYLIST}
-_PATTERNS = (
-    # scheme://user:password@host -> scheme://[Filtered]@host
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@"), rf"\1{FILTERED}@"),
-    (re.compile(r"whsec_[A-Za-z0-9+/=_-]+"), f"whsec_{FILTERED}"),
-    (re.compile(r"\bv1,[A-Za-z0-9+/]{20,}={0,2}"), f"v1,{FILTERED}"),
-    (re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+"), rf"\1 {FILTERED}"),
-    (re.compile(r"(?i)((?:^|[?&])[\w.-]*(?:token|key|secret|sig|signature|password|passwd|auth)"
-                r"[\w.-]*=)[^&#\s'\"]+"), rf"\1{FILTERED}"),
-)
 
 
 def scrub_text(text: str) -> str:
-    text = redact(text, known_secrets())
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
+    return redact(text)
 
 
 def _scrub(node: Any) -> Any:

@@ -17,7 +17,7 @@ from concurrent.futures import (
 )
 from dataclasses import asdict
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 from worker.config import Config, ConfigWatcher, FeedConfig
@@ -30,7 +30,7 @@ from worker.deliver import (
     deliver_claim,
     destinations,
     ping_webhook,
-    remember_secrets,
+    webhook_digest,
 )
 from worker.errors import ConfigError, NotAFeedError
 from worker.fetch import Fetcher, parse_networks
@@ -40,6 +40,7 @@ from worker.models import FeedEntry, ParsedFeed
 from worker.normalize import PageText
 from worker.parse import parse_feed
 from worker.pipeline import Fresh, Submit, poll_feed, process_entries
+from worker.redact import remember
 from worker.schedule import CLAIM_LEASE, fetch_decision
 from worker.settings import Settings
 from worker.store import ConfigVersion, DeliveryClaim, Store
@@ -69,7 +70,8 @@ class Service:
 
     @cached_property
     def store(self) -> Store:
-        return Store.from_url(self.redis_url, self.settings.retention_days)
+        return Store.from_url(self.redis_url, self.settings.retention_days,
+                              self.settings.alert_retention_days)
 
     @cached_property
     def fetcher(self) -> Fetcher:
@@ -79,7 +81,7 @@ class Service:
     def config(self) -> Config:
         config = self.watcher.current()
         if config is not self._secrets_of:  # scrubbed from logs and error reports from now on
-            remember_secrets(config_secrets(config))
+            remember(config_secrets(config))
             self._secrets_of = config
         return config
 
@@ -96,7 +98,11 @@ class Service:
         return self._feeds[1].get(name)
 
     def due_feeds(self, now: float) -> list[FeedConfig]:
-        """One beat tick: follow the configuration, then hand out each due feed once. Only a
+        """One beat tick: follow the configuration, then hand out each due feed once."""
+        return [feed for feed, _ in self.hand_out(now)]
+
+    def hand_out(self, now: float) -> list[tuple[FeedConfig, str]]:
+        """Like due_feeds, with the hand-out's token that the fetch must present. Only a
         process that runs the newest configuration acts, so a rollout never makes feeds flap."""
         config = self.config()
         self.store.mark_beat(now)
@@ -111,7 +117,9 @@ class Service:
         if self._synced is None or self._synced[0] != digest or now - self._synced[1] > RESYNC_EVERY:
             self.store.sync_feeds([f.name for f in config.feeds], now)
             self._synced = (digest, now)
-        return [feed for name, _ in self.store.claim_due(now, CLAIM_LEASE)
+        self.store.keep_disabled({webhook_digest(hook) for hook in config.webhooks.values()})
+        token = uuid.uuid4().hex
+        return [(feed, token) for name, _ in self.store.claim_due(now, CLAIM_LEASE, token=token)
                 if (feed := self.feed(name)) is not None]
 
     # -- configuration versions across processes -----------------------------------------------
@@ -152,13 +160,15 @@ class Service:
     def isolated(self) -> Isolated:
         return Isolated(PARSE_PROCESSES)
 
-    def parse(self, data: bytes, content_type: str | None) -> ParsedFeed:
+    def parse(self, data: bytes, content_type: str | None, *, url: str,
+              timezone: str | None = None) -> ParsedFeed:
         """``parse_feed`` within PARSE_DEADLINE: in a child process that is killed past it,
         unless Celery's own time limits bound this process (a prefork pool child)."""
         if not ISOLATE_PARSE:
-            return parse_feed(data, content_type)
+            return parse_feed(data, content_type, url=url, timezone=timezone)
         try:
-            return self.isolated.call(parse_feed, data, content_type, deadline=PARSE_DEADLINE)
+            return self.isolated.call(partial(parse_feed, url=url, timezone=timezone), data,
+                                      content_type, deadline=PARSE_DEADLINE)
         except StepTimeout as exc:
             raise NotAFeedError(f"parsing {exc}") from None
 
@@ -190,6 +200,7 @@ class Service:
         failed = [(f.name, o.get("error")) for f, o in zip(config.feeds, outcomes, strict=True)
                   if o.get("outcome") == "failed"]
         deliveries = self.deliver_until_done(alerts, delivery_timeout, workers=2 * workers)
+        self.store.forget_alerts(time.time())
         return {"feeds": len(config.feeds), "failed": failed,
                 "polled": [(f.name, o) for f, o in zip(config.feeds, outcomes, strict=True)],
                 "new_items": sum(o.get("new_items", 0) for o in outcomes), "alerts": alerts,

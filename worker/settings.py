@@ -18,7 +18,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # Every NEWSMON_ variable newsmon reads (check flags any other one as a likely typo).
 KNOWN_VARIABLES = (
     "NEWSMON_CONFIG", "NEWSMON_DATA_DIR", "NEWSMON_DUMP_DIR", ALLOW_NETWORKS_ENV,
-    "NEWSMON_TICK_SECONDS", "NEWSMON_RETENTION_DAYS", "NEWSMON_VISIBILITY_TIMEOUT",
+    "NEWSMON_TICK_SECONDS", "NEWSMON_RETENTION_DAYS", "NEWSMON_ALERT_RETENTION_DAYS",
+    "NEWSMON_VISIBILITY_TIMEOUT",
     "NEWSMON_METRICS_PORT", "NEWSMON_LOG_FORMAT", "NEWSMON_LOG_LEVEL",
 )
 
@@ -99,6 +100,7 @@ class Settings:
     allow_networks: tuple[str, ...]
     tick_seconds: float              # how often beat hands out due feeds
     retention_days: float            # how long story identity keys live
+    alert_retention_days: float      # how long finished alerts are kept after their last attempt
     visibility_timeout: float        # seconds before an unacknowledged task is delivered again
     metrics_port: int | None
     log_format: str                  # text | json
@@ -120,6 +122,7 @@ class Settings:
             allow_networks=_networks(env),
             tick_seconds=_float(env, "NEWSMON_TICK_SECONDS", 5.0),
             retention_days=_float(env, "NEWSMON_RETENTION_DAYS", 30.0),
+            alert_retention_days=_float(env, "NEWSMON_ALERT_RETENTION_DAYS", 30.0),
             visibility_timeout=_float(env, "NEWSMON_VISIBILITY_TIMEOUT", 1800.0),
             metrics_port=_port(env),
             log_format=_choice(env, "NEWSMON_LOG_FORMAT", ("text", "json"), "text"),

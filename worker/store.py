@@ -1,41 +1,28 @@
-"""All of newsmon's state in Redis: every key name, TTL and Lua script lives here.
+"""All of newsmon's state in Redis: every key name, its lifetime, and every Lua script.
 
-Keys (prefix ``newsmon:``):
-    feed:{name}          hash    fetch state of a feed (etag, last outcome, failures, next due)
-    due                  zset    feed name -> next due time; handing out is one script (atomic)
-    art:{article id}     hash    story, new (0/1), seq, done (0/1): makes processing idempotent
-    id:url|guid|fp:{k}   string  story id for an exact key (TTL: retention window)
-    id:band:{band}       set     story ids sharing an LSH band (TTL: retention window)
-    story:{id}           hash    first article, created, copies (TTL: retention window)
-    story:sig:{id}       string  MinHash signature as hex (TTL: retention window)
-    fired:{story}:{wl}   string  alert id: a watchlist fires at most once per story
-    alert:{id}           hash    data (JSON), state, created, watchlist, attempts (no TTL);
-                                 a feed health event (evt_...) is one with watchlist "";
-                                 delivery: dests, story, log (JSON list of attempts),
-                                 next_attempt, and per destination st:, n:, starts:, next:,
-                                 why:, lease: {dest} (see "delivery" below)
-    alerts:by-time       zset    alert id -> created time
-    outbox               zset    alert id, then "alert id|dest" -> next delivery attempt time
-    dead                 zset    "alert id|dest" -> time it was dead-lettered
-    dest:{dest}:inflight zset    "alert id|dest" -> when its attempt began (destination slots)
-    dest:{dest}:hold     string  no attempt to the destination before this time (Retry-After)
-    webhook:disabled:{h} string  why the webhook configuration with digest h is off (410 Gone)
-    seq:{YYYY-MM-DD}     counter dump file sequence per day folder
-    stats                hash    articles, stories, duplicates, alerts
-    cycle:{id}           hash    one beat tick's poll cycle: feeds, polled, new, failed, batches
-                                 (process tasks not yet done), alerts, fail:{feed}, logged
-                                 (TTL: an hour after its last update)
-    articles             stream  one JSON entry per new story's article (bounded)
-    alerts               stream  one JSON entry per alert (bounded)
+Keys start with ``newsmon:`` and carry a Redis Cluster hash tag (``{...}``) naming their slot.
+A script touches only keys of one slot, all named in KEYS; the slots are chosen by what must
+change atomically together:
 
-Scale-out keys (the block at the end of this module), each with its lifetime:
-    host:{h}             zset    connection leases to host h: "feed:"/"page:" + token -> lease
-                                 end. Lifetime: expires with its longest lease (PEXPIRE at each
-                                 grant), expired members trimmed by every grant.
-    {config}:versions    zset    configuration hash -> version (its files' newest mtime).
-                                 Lifetime: trimmed with {config}:held.
-    {config}:held        zset    configuration hash -> when a process last said it runs it.
-                                 Lifetime: trimmed by time (members older than the hold, 10 min).
+    {sched}        the schedule: due times and hand-outs of all feeds (one claim hands many)
+    {f:<feed>}     one feed: its fetch state and the ids of its latest document
+    {idx}          story identity: the index every article is claimed against, atomically
+                   across stories (two copies of one story at two workers are one story)
+    {out}          alerts and their delivery: the outbox hands out members of all alerts at
+                   once, and an alert's state changes with its outbox members
+
+``LIFETIMES`` below is the one table of key families: each has exactly one lifetime rule
+(docs/service.md prints it); tests/test_lifetimes.py fills Redis through every path and fails
+for a key that matches no row. A family added elsewhere appends its row to the table.
+
+Times given to the store are the caller's clock (``now``): expiry is absolute (PEXPIREAT at
+``now`` + lifetime) and liveness is read from stored times, so the store behaves the same on a
+simulated clock (the soak benchmark) as on the wall clock.
+
+Scale-out slots (the block at the end of this module):
+
+    {h:<host>}     one host: the connection leases every worker holds to it
+    {config}       the configuration versions processes run (a rollout)
 
 Delivery: an alert enters the outbox as its bare id. Whoever claims it first lists its
 destinations ("webhook:{name}", "notify:{scheme}:{digest}") and replaces it by one member
@@ -43,140 +30,202 @@ destinations ("webhook:{name}", "notify:{scheme}:{digest}") and replaces it by o
 its score ahead by a lease and writes the claimer's token to lease:{dest}, so a worker that dies
 mid-delivery only delays it; st:{dest} is pending, retrying, delivered or dead, and the alert's
 own state and next_attempt sum them up (dead once nothing is pending or retrying and one is dead).
+An alert that is delivered, dead or only recorded is removed NEWSMON_ALERT_RETENTION_DAYS after
+its last attempt (``{out}:expiry``); a pending or retrying one is kept.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import math
+import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
-from worker.dedupe import MAX_CANDIDATES, THRESHOLD, StoryKeys, sig_to_hex
+from worker.dedupe import (
+    BAND_CAP,
+    EPOCHS_READ,
+    Claim,
+    ClaimPlan,
+    IndexRead,
+    StoryKeys,
+    StoryRecord,
+    band_slots,
+    claim_story,
+    exact_keys,
+)
 
 PREFIX = "newsmon:"
-STREAM_MAXLEN = 100_000
+# Failures of the infrastructure, not of the input: the task that met one runs again.
+INFRA_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, MemoryError)
+GONE_KEPT = 2.0              # removed alerts are remembered as "aged out" this many retentions
+FORGET_BATCH = 200           # finished alerts removed per sweep call
+PARKED_KEPT = 30 * 86400.0   # a parked task is listed this long
 
+
+class Lifetime(NamedTuple):
+    """One key family: its pattern (after the prefix; <...> is a variable part), Redis type,
+    the rule that bounds it, and what keeps it alive or trims it."""
+
+    pattern: str
+    type: str
+    rule: str          # "ttl" | "trim" | "config" | "fixed"
+    how: str
+
+
+LIFETIMES: list[Lifetime] = [
+    Lifetime("{sched}:due", "zset", "config", "one member per configured feed (sync_feeds)"),
+    Lifetime("{sched}:beat", "string", "fixed", "one key: the last tick's time"),
+    Lifetime("{sched}:cycle:<cycle>", "hash", "ttl",
+             "one tick's poll cycle (feeds, polled, new, failed, batches, alerts): an hour "
+             "after its last step"),
+    Lifetime("{sched}:lease", "hash", "config",
+             "feed -> token of its latest hand-out, until its fetch records; removed feeds go"),
+    Lifetime("{sched}:runs:<task id>", "string", "ttl",
+             "starts of a task not finished yet (a worker died): 1 day after its last start"),
+    Lifetime("{sched}:parked", "hash", "trim",
+             "task id -> a task that killed its worker 3 times, with why: kept 30 days"),
+    Lifetime("{f:<feed>}:feed", "hash", "config",
+             "fetch state of a configured feed (validators, outcome, health, body_hash of the last "
+             "body parsed); deleted when the feed leaves the configuration"),
+    Lifetime("{f:<feed>}:ids", "set", "config",
+             "article ids of the feed's latest document, replaced by each; deleted with the feed"),
+    Lifetime("{idx}:art:<article>", "hash", "ttl",
+             "story claim, dump sequence, first text (until done): retention after the claim"),
+    Lifetime("{idx}:x:<kind>:<digest>", "string", "ttl",
+             "story of an exact key (url, guid, fp): retention after the last copy carrying it"),
+    Lifetime("{idx}:s:<story>", "hash", "ttl",
+             "story: first article, created, seen, copies: retention after its last copy"),
+    Lifetime("{idx}:sig:<story>", "string", "ttl",
+             "the story's MinHash signature (base64, apart so the hash stays compact): the "
+             "story's lifetime"),
+    Lifetime("{idx}:fired:<story>", "hash", "ttl",
+             "watchlist -> alert id, once per story: the story's lifetime, refreshed with it"),
+    Lifetime("{idx}:b:<epoch>:<bucket>", "hash", "ttl",
+             "band slot -> story ids: until its epoch is no longer read (1 to 1.5 retentions)"),
+    Lifetime("{idx}:ver", "string", "fixed", "one counter: bumped by every new story"),
+    Lifetime("{idx}:seq:<day>", "string", "ttl",
+             "dump file sequence of a day folder: retention after the day's last file"),
+    Lifetime("{idx}:articles", "stream", "trim", "new stories' articles: MINID now - retention"),
+    Lifetime("{idx}:stats", "hash", "fixed", "counters: articles, stories, duplicates"),
+    Lifetime("{out}:alert:<alert>", "hash", "trim",
+             "alert or feed event with its attempts: alert retention after its last attempt "
+             "once delivered, dead or recorded ({out}:expiry); pending ones are kept"),
+    Lifetime("{out}:expiry", "zset", "trim", "finished alert -> removal time; left on removal"),
+    Lifetime("{out}:gone", "zset", "trim", "removed alert -> when: kept 2 alert retentions"),
+    Lifetime("{out}:by-time", "zset", "trim", "alert id -> created: left when the alert goes"),
+    Lifetime("{out}:alerts", "stream", "trim", "alerts without dump text: MINID alert retention"),
+    Lifetime("{out}:outbox", "zset", "trim",
+             "due deliveries: a member leaves when delivered or dead; a gone alert's are dropped"),
+    Lifetime("{out}:dead", "zset", "trim", "dead deliveries: left on replay or with the alert"),
+    Lifetime("{out}:dest:<dest>:inflight", "zset", "ttl",
+             "attempts in flight to a destination: 1 day after the last attempt"),
+    Lifetime("{out}:dest:<dest>:hold", "string", "ttl", "Retry-After: until the hold ends"),
+    Lifetime("{out}:disabled", "hash", "config",
+             "410-disabled webhook digests: a digest no longer configured is dropped each tick"),
+    Lifetime("{out}:stats", "hash", "fixed", "counter: alerts"),
+    Lifetime("{h:<host>}:leases", "zset", "ttl",
+             "connection leases to a host (\"feed:\"/\"page:\" + token -> lease end): expires "
+             "with its longest lease, ended leases trimmed by every grant"),
+    Lifetime("{config}:versions", "zset", "trim",
+             "configuration digest -> version (its files' newest mtime): trimmed with "
+             "{config}:held"),
+    Lifetime("{config}:held", "zset", "trim",
+             "configuration digest -> when a process last said it runs it: left after 10 min"),
+]
+
+
+class Keys:
+    """Key names (with the prefix), one method or attribute per row of LIFETIMES."""
+
+    def __init__(self, prefix: str = PREFIX):
+        p = self.p = prefix
+        self.due, self.beat, self.lease = p + "{sched}:due", p + "{sched}:beat", \
+            p + "{sched}:lease"
+        self.version, self.articles, self.idx_stats = p + "{idx}:ver", p + "{idx}:articles", \
+            p + "{idx}:stats"
+        self.expiry, self.gone, self.by_time = p + "{out}:expiry", p + "{out}:gone", \
+            p + "{out}:by-time"
+        self.alerts, self.outbox, self.dead = p + "{out}:alerts", p + "{out}:outbox", \
+            p + "{out}:dead"
+        self.disabled, self.out_stats = p + "{out}:disabled", p + "{out}:stats"
+
+    def feed(self, name: str) -> str:
+        return f"{self.p}{{f:{name}}}:feed"
+
+    def feed_ids(self, name: str) -> str:
+        return f"{self.p}{{f:{name}}}:ids"
+
+    def art(self, article_id: str) -> str:
+        return f"{self.p}{{idx}}:art:{article_id}"
+
+    def exact(self, key: str) -> str:
+        """``key`` is "url:…", "guid:…" or "fp:…" (dedupe.exact_keys); long ones are hashed."""
+        kind, _, value = key.partition(":")
+        digest = value if kind == "fp" else hashlib.sha256(value.encode()).hexdigest()[:32]
+        return f"{self.p}{{idx}}:x:{kind}:{digest}"
+
+    def story(self, story_id: str) -> str:
+        return f"{self.p}{{idx}}:s:{story_id}"
+
+    def signature(self, story_id: str) -> str:
+        return f"{self.p}{{idx}}:sig:{story_id}"
+
+    def fired(self, story_id: str) -> str:
+        return f"{self.p}{{idx}}:fired:{story_id}"
+
+    def band(self, epoch: int, bucket: str) -> str:
+        return f"{self.p}{{idx}}:b:{epoch}:{bucket}"
+
+    def seq(self, day: str) -> str:
+        return f"{self.p}{{idx}}:seq:{day}"
+
+    def alert(self, alert_id: str) -> str:
+        return f"{self.p}{{out}}:alert:{alert_id}"
+
+    def inflight(self, dest: str) -> str:
+        return f"{self.p}{{out}}:dest:{dest}:inflight"
+
+    def hold(self, dest: str) -> str:
+        return f"{self.p}{{out}}:dest:{dest}:hold"
+
+
+# -- scheduling ---------------------------------------------------------------------------------
+# Hand out the due feeds: each one's due time moves a lease ahead, and the hand-out's token is
+# noted, so that only one fetch per hand-out runs (begin_fetch), and only within its lease.
+# KEYS: due, lease. ARGV: now, lease, limit, token
 _CLAIM_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
 local out = {}
 for i = 1, #due, 2 do
   redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), due[i])
+  redis.call('HSET', KEYS[2], due[i], ARGV[4])
   table.insert(out, due[i])
   table.insert(out, due[i + 1])
 end
 return out
 """
 
-# Story identity in one script, so the same story reaching two workers at once is one story.
-# ARGV: prefix, article id, new story id, url key, guid key, fingerprint, signature hex,
-#       slots needed to be the same story, ttl, now, band keys...
-_CLAIM_STORY = """
-local p = ARGV[1]
-local art = p .. 'art:' .. ARGV[2]
-local known = redis.call('HGET', art, 'story')
-if known then return {known, redis.call('HGET', art, 'new'), '0'} end
-local ttl = tonumber(ARGV[9])
-local exact = {}
-if ARGV[4] ~= '' then table.insert(exact, p .. 'id:url:' .. ARGV[4]) end
-if ARGV[5] ~= '' then table.insert(exact, p .. 'id:guid:' .. ARGV[5]) end
-if ARGV[6] ~= '' then table.insert(exact, p .. 'id:fp:' .. ARGV[6]) end
-local story = false
-for _, k in ipairs(exact) do
-  story = redis.call('GET', k)
-  if story then break end
-end
-local sig = ARGV[7]
-if not story then
-  -- candidates: the MAX_CANDIDATES stories sharing the most bands (ties: smallest id)
-  local shared, cands = {}, {}
-  for i = 11, #ARGV do
-    for _, cand in ipairs(redis.call('SMEMBERS', p .. 'id:band:' .. ARGV[i])) do
-      if not shared[cand] then table.insert(cands, cand) end
-      shared[cand] = (shared[cand] or 0) + 1
-    end
-  end
-  table.sort(cands, function(a, b)
-    if shared[a] ~= shared[b] then return shared[a] > shared[b] end
-    return a < b
-  end)
-  local need, best = tonumber(ARGV[8]), -1
-  for c = 1, math.min(#cands, MAX_CANDIDATES) do
-    local other = redis.call('GET', p .. 'story:sig:' .. cands[c])
-    if other and #other == #sig then
-      local same = 0
-      for s = 1, #sig, 8 do
-        if string.sub(sig, s, s + 7) == string.sub(other, s, s + 7) then same = same + 1 end
-      end
-      if same >= need and same > best then best, story = same, cands[c] end
-    end
-  end
-end
-local new = '0'
-if story then
-  redis.call('HINCRBY', p .. 'story:' .. story, 'copies', 1)
-  redis.call('HINCRBY', p .. 'stats', 'duplicates', 1)
-  -- a story is remembered for the retention window after its last copy, not its first
-  redis.call('EXPIRE', p .. 'story:sig:' .. story, ttl)
-  for band in string.gmatch(redis.call('HGET', p .. 'story:' .. story, 'bands') or '', '%S+') do
-    redis.call('EXPIRE', p .. 'id:band:' .. band, ttl)
-  end
-else
-  story, new = ARGV[3], '1'
-  redis.call('HSET', p .. 'story:' .. story, 'first_article', ARGV[2], 'created', ARGV[10], 'copies', 1,
-             'bands', table.concat(ARGV, ' ', 11))
-  redis.call('SET', p .. 'story:sig:' .. story, sig, 'EX', ttl)
-  for i = 11, #ARGV do
-    redis.call('SADD', p .. 'id:band:' .. ARGV[i], story)
-    redis.call('EXPIRE', p .. 'id:band:' .. ARGV[i], ttl)
-  end
-  redis.call('HINCRBY', p .. 'stats', 'stories', 1)
-end
-redis.call('EXPIRE', p .. 'story:' .. story, ttl)
-for _, k in ipairs(exact) do redis.call('SET', k, story, 'NX', 'EX', ttl) end
-redis.call('HSET', art, 'story', story, 'new', new)
-redis.call('EXPIRE', art, ttl)
-redis.call('HINCRBY', p .. 'stats', 'articles', 1)
-return {story, new, '1'}
-""".replace("MAX_CANDIDATES", str(MAX_CANDIDATES))
-
-# The sequence number of an article's dump file: assigned once, the same on every retry.
-# ARGV: prefix, article id, day, force (1: the number taken is occupied by another file)
-_CLAIM_SEQ = """
-local art = ARGV[1] .. 'art:' .. ARGV[2]
-local seq = redis.call('HGET', art, 'seq')
-if seq and ARGV[4] ~= '1' then return tonumber(seq) end
-seq = redis.call('INCR', ARGV[1] .. 'seq:' .. ARGV[3]) - 1  -- the first file is 000, as offline
-redis.call('HSET', art, 'seq', seq)
-return seq
+# A fetch begins only with the token of the feed's latest hand-out, within its lease (a
+# redelivery of a task whose worker died runs again); the token goes when the fetch records
+# its outcome. KEYS: due, lease. ARGV: feed, token, now. Returns 1 to go ahead.
+_BEGIN_FETCH = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+local leased = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
+if leased <= tonumber(ARGV[3]) then return 0 end
+return 1
 """
 
-# An alert for (story, watchlist), created at most once, with its stream entry and outbox slot.
-# ARGV: prefix, story, watchlist, new alert id, alert JSON, created, ttl
-_CLAIM_ALERT = """
-local p = ARGV[1]
-local fired = p .. 'fired:' .. ARGV[2] .. ':' .. ARGV[3]
-local known = redis.call('GET', fired)
-if known then return {known, 0} end
-redis.call('SET', fired, ARGV[4], 'EX', tonumber(ARGV[7]))
-redis.call('HSET', p .. 'alert:' .. ARGV[4], 'data', ARGV[5], 'state', 'pending',
-           'created', ARGV[6], 'watchlist', ARGV[3], 'attempts', 0)
-redis.call('ZADD', p .. 'alerts:by-time', ARGV[6], ARGV[4])
-redis.call('ZADD', p .. 'outbox', ARGV[6], ARGV[4])
-redis.call('XADD', p .. 'alerts', 'MAXLEN', '~', ARGV[8], '*', 'alert', ARGV[5])
-redis.call('HINCRBY', p .. 'stats', 'alerts', 1)
-return {ARGV[4], 1}
-"""
-
-# A feed health event into the outbox, once per id (its id derives from what happened).
-# ARGV: prefix, event id, event JSON, created
 # One step of a poll cycle: add the increments; the caller that completes the cycle (every feed
-# polled, every batch processed) gets its fields back, once. ARGV: ttl, failed feed or "",
-# then field, increment pairs.
+# polled, every batch processed) gets its fields back, once. KEYS: cycle. ARGV: ttl, failed
+# feed or "", then field, increment pairs.
 _CYCLE_STEP = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
@@ -189,48 +238,322 @@ return redis.call('HGETALL', KEYS[1])
 """
 CYCLE_TTL = 3600
 
-_ADD_EVENT = """
-local a = ARGV[1] .. 'alert:' .. ARGV[2]
-if redis.call('EXISTS', a) == 1 then return 0 end
-redis.call('HSET', a, 'data', ARGV[3], 'state', 'pending', 'created', ARGV[4], 'watchlist', '',
-           'attempts', 0)
-redis.call('ZADD', ARGV[1] .. 'outbox', ARGV[4], ARGV[2])
+# -- story identity -------------------------------------------------------------------------------
+# Commit a story claim decided by dedupe.claim_story, if what it read still holds: the article
+# is not claimed yet; for a new story, no story was added since (version) and its exact keys
+# are still unowned; for a copy, its story is still alive. Then record it: the story's
+# lifetime, its fired markers' and the copy's exact keys' move to now + retention.
+# Exact keys hold "story until_ms". Returns {story, new, fresh} or false (read again).
+# KEYS: art, version, stats, story, fired, signature, exact keys (ntake), band buckets (one a field)
+# ARGV: article, story, new, version, now ms, until ms, signature, epoch, band until ms,
+#       ntake, owners read (ntake), band fields
+_COMMIT_STORY = """
+local art, story, new = ARGV[1], ARGV[2], ARGV[3] == '1'
+local now, untl, ntake = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[10])
+local ttl = untl - now
+local known = redis.call('HMGET', KEYS[1], 'story', 'new', 'until')
+if known[1] and tonumber(known[3]) > now then return {known[1], known[2], '0'} end
+if new and (redis.call('GET', KEYS[2]) or '0') ~= ARGV[4] then return false end
+local function owner(v)
+  if not v then return '' end
+  local sid, u = string.match(v, '^(%S+) (%d+)$')
+  if sid and tonumber(u) > now then return sid end
+  return ''
+end
+local take = {}
+for i = 1, ntake do
+  if owner(redis.call('GET', KEYS[6 + i])) == ARGV[10 + i] then table.insert(take, KEYS[6 + i])
+  elseif new then return false end
+end
+if new then
+  redis.call('HSET', KEYS[4], 'first', art, 'created', now, 'seen', now, 'copies', 1,
+             'epoch', ARGV[8])
+  redis.call('SET', KEYS[6], ARGV[7])
+  redis.call('INCR', KEYS[2])
+  redis.call('HINCRBY', KEYS[3], 'stories', 1)
+else
+  local seen = tonumber(redis.call('HGET', KEYS[4], 'seen') or '-1')
+  if seen < 0 or seen + ttl <= now then return false end
+  redis.call('HINCRBY', KEYS[4], 'copies', 1)
+  redis.call('HSET', KEYS[4], 'seen', now)
+  if #ARGV > 10 + ntake then redis.call('HSET', KEYS[4], 'epoch', ARGV[8]) end
+  redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
+end
+redis.call('PEXPIREAT', KEYS[4], untl)
+redis.call('PEXPIREAT', KEYS[5], untl)
+redis.call('PEXPIREAT', KEYS[6], untl)
+for _, key in ipairs(take) do redis.call('SET', key, story .. ' ' .. untl, 'PXAT', untl) end
+local first = 7 + ntake
+for j = 11 + ntake, #ARGV do
+  local key = KEYS[first + j - 11 - ntake]
+  local kept = {}
+  for id in string.gmatch(redis.call('HGET', key, ARGV[j]) or '', '%S+') do
+    if id ~= story then table.insert(kept, id) end
+  end
+  table.insert(kept, story)
+  while #kept > BAND_CAP do table.remove(kept, 1) end
+  redis.call('HSET', key, ARGV[j], table.concat(kept, ' '))
+  redis.call('PEXPIREAT', key, ARGV[9])
+end
+redis.call('HSET', KEYS[1], 'story', story, 'new', ARGV[3], 'until', untl)
+redis.call('PEXPIREAT', KEYS[1], untl)
+redis.call('HINCRBY', KEYS[3], 'articles', 1)
+return {story, ARGV[3], '1'}
+""".replace("BAND_CAP", str(BAND_CAP))
+
+# What a story claim reads, in one reply: the article's claim, the index version, the exact
+# keys' values and the ids in the band slots (joined by spaces). Reads only.
+# KEYS: art, version, exact keys (nexact), band buckets. ARGV: nexact, band fields
+_READ_CLAIM = """
+local out = redis.call('HMGET', KEYS[1], 'story', 'new', 'until')
+table.insert(out, redis.call('GET', KEYS[2]) or '0')
+local n = tonumber(ARGV[1])
+for i = 1, n do table.insert(out, redis.call('GET', KEYS[2 + i]) or '') end
+local members = {}
+for j = 2, #ARGV do
+  local v = redis.call('HGET', KEYS[1 + n + j], ARGV[j])
+  if v then table.insert(members, v) end
+end
+table.insert(out, table.concat(members, ' '))
+return out
+"""
+
+# The text of an article's dump, fixed by the first run that got here.
+# KEYS: art. ARGV: text. Returns the stored text.
+_FIRST_TEXT = """
+redis.call('HSETNX', KEYS[1], 'text', ARGV[1])
+return redis.call('HGET', KEYS[1], 'text')
+"""
+
+# The sequence number of an article's dump file: assigned once, the same on every retry.
+# KEYS: art, seq of the day. ARGV: force (1: the number taken is occupied by another file),
+# until ms
+_CLAIM_SEQ = """
+local seq = redis.call('HGET', KEYS[1], 'seq')
+if seq and ARGV[1] ~= '1' then return tonumber(seq) end
+seq = redis.call('INCR', KEYS[2]) - 1  -- the first file is 000, as offline
+redis.call('PEXPIREAT', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], 'seq', seq)
+return seq
+"""
+
+# A stream entry id at the caller's time, after the stream's last one (a clock never goes back).
+_NEXT_ID = """
+local function next_id(stream, now_ms)
+  local ms, seq = tonumber(now_ms), 0
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  if last then
+    local lms, lseq = string.match(last[1], '^(%d+)-(%d+)$')
+    if tonumber(lms) >= ms then ms, seq = tonumber(lms), tonumber(lseq) + 1 end
+  end
+  return string.format('%d-%d', ms, seq)
+end
+"""
+
+# Append a new story's article to the stream once (the article's own flag says whether), and
+# trim entries older than the retention. Entry ids follow the caller's clock, never going back.
+# KEYS: art, stream. ARGV: entry JSON, now ms, min id ms, file. Returns 1 if appended.
+_RECORD_ARTICLE = _NEXT_ID + """
+if redis.call('HGET', KEYS[1], 'streamed') then return 0 end
+redis.call('XADD', KEYS[2], next_id(KEYS[2], ARGV[2]), 'article', ARGV[1])
+redis.call('XTRIM', KEYS[2], 'MINID', ARGV[3])
+redis.call('HSET', KEYS[1], 'streamed', 1, 'file', ARGV[4])
 return 1
 """
 
+# The article is processed to the end: its first text is no longer needed.
+# KEYS: art
+_MARK_DONE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'done', 1)
+redis.call('HDEL', KEYS[1], 'text')
+return 1
+"""
 
-@dataclass(frozen=True)
-class StoryClaim:
+# -- alerts -------------------------------------------------------------------------------------
+# A watchlist fires at most once per story. The article whose claim set the marker notes it,
+# so a retry of that article (and only that one) makes sure the alert exists.
+# KEYS: art, fired. ARGV: watchlist, new alert id, until ms. Returns {alert id, ours 0/1}.
+_CLAIM_FIRED = """
+local owner = redis.call('HGET', KEYS[2], ARGV[1])
+if owner then
+  return {owner, redis.call('HGET', KEYS[1], 'a:' .. ARGV[1]) == owner and 1 or 0}
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PEXPIREAT', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'a:' .. ARGV[1], ARGV[2])
+return {ARGV[2], 1}
+"""
+
+# An alert record with its stream entry and outbox slot, created once (never again after it
+# aged out). KEYS: alert, by-time, outbox, stream, stats, gone.
+# ARGV: id, record JSON, created, watchlist, stream entry JSON, now ms, stream min id ms
+_CREATE_ALERT = _NEXT_ID + """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('ZSCORE', KEYS[6], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'data', ARGV[2], 'state', 'pending', 'created', ARGV[3],
+           'watchlist', ARGV[4], 'attempts', 0)
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('XADD', KEYS[4], next_id(KEYS[4], ARGV[6]), 'alert', ARGV[5])
+redis.call('XTRIM', KEYS[4], 'MINID', ARGV[7])
+redis.call('HINCRBY', KEYS[5], 'alerts', 1)
+return 1
+"""
+
+# A feed health event into the outbox, once per id (its id derives from what happened).
+# KEYS: alert, outbox, gone. ARGV: event id, event JSON, created
+_ADD_EVENT = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'data', ARGV[2], 'state', 'pending', 'created', ARGV[3],
+           'watchlist', '', 'attempts', 0)
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"""
+
+# Remove finished alerts whose time has come (their expiry score is still due), with their
+# dead-letter members; remember each as gone, and forget the gone older than ``kept``.
+# KEYS: expiry, by-time, gone, dead, outbox, alerts (one per id). ARGV: now, gone before, ids
+_FORGET_ALERTS = """
+local now, removed = tonumber(ARGV[1]), 0
+for i = 3, #ARGV do
+  local id, a = ARGV[i], KEYS[3 + i]
+  local due = redis.call('ZSCORE', KEYS[1], id)
+  if due and tonumber(due) <= now then
+    for dest in string.gmatch(redis.call('HGET', a, 'dests') or '', '%S+') do
+      redis.call('ZREM', KEYS[4], id .. '|' .. dest)
+      redis.call('ZREM', KEYS[5], id .. '|' .. dest)
+    end
+    redis.call('ZREM', KEYS[5], id)
+    redis.call('DEL', a)
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZADD', KEYS[3], now, id)
+    removed = removed + 1
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[2])
+return removed
+"""
+
+
+def _ms(seconds: float) -> int:
+    return int(math.ceil(seconds * 1000))
+
+
+def pack_signature(sig: Sequence[int]) -> str:
+    """A signature as base64 of its 32-bit values (4 bytes a value, 684 characters for 128)."""
+    return base64.b64encode(struct.pack(f">{len(sig)}I", *sig)).decode()
+
+
+def unpack_signature(packed: str) -> tuple[int, ...]:
+    raw = base64.b64decode(packed)
+    return struct.unpack(f">{len(raw) // 4}I", raw)
+
+
+class StoryClaim(NamedTuple):
     story_id: str
     is_new: bool
     fresh: bool = True      # False: an earlier run already claimed this article (a retry)
 
 
-def _digest(value: str | None) -> str:
-    """A short fixed-length key for a URL or GUID of any length."""
-    return hashlib.sha256(value.encode()).hexdigest()[:32] if value else ""
+class RedisStoryIndex:
+    """dedupe's IndexStorage on Redis: reads in one round trip, the commit in one script."""
+
+    def __init__(self, store: Store):
+        self.s = store
+        self.retention = store.ttl
+        self._commit = store.r.register_script(_COMMIT_STORY)
+        self._read = store.r.register_script(_READ_CLAIM)
+
+    def read(self, article_id: str, keys: StoryKeys, epochs: tuple[int, ...],
+             now: float) -> IndexRead:
+        k = self.s.keys
+        exact = exact_keys(keys)
+        slots = [(k.band(epoch, bucket), field) for epoch in epochs
+                 for bucket, field in band_slots(keys.signature)]
+        reply = self._read(keys=[k.art(article_id), k.version, *(k.exact(e) for e in exact),
+                                 *(key for key, _ in slots)],
+                           args=[len(exact), *(field for _, field in slots)])
+        story, new, until, version, *rest = reply
+        now_ms = _ms(now)
+        owners = tuple(self._owner(v, now_ms) for v in rest[:len(exact)])
+        claimed = (story, new == "1") if story and until and int(until) > now_ms else None
+        return IndexRead(claimed, version, owners, tuple(rest[-1].split()))
+
+    @staticmethod
+    def _owner(value: str | None, now_ms: int) -> str:
+        if not value:
+            return ""
+        sid, _, until = value.partition(" ")
+        return sid if until.isdigit() and int(until) > now_ms else ""
+
+    def stories(self, ids: Sequence[str], now: float,
+                signatures: bool) -> dict[str, StoryRecord]:
+        pipe = self.s.r.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hmget(self.s.keys.story(sid), ["seen", "epoch"])
+            if signatures:
+                pipe.get(self.s.keys.signature(sid))
+        replies = pipe.execute()
+        step = 2 if signatures else 1
+        out = {}
+        for n, sid in enumerate(ids):
+            values = replies[n * step]
+            if values[0] is None or int(values[0]) / 1000 + self.retention <= now:
+                continue
+            packed = replies[n * step + 1] if signatures else None
+            sig = unpack_signature(packed) if packed else ()
+            out[sid] = StoryRecord(int(values[0]) / 1000, int(values[1] or 0), sig)
+        return out
+
+    def commit(self, plan: ClaimPlan, now: float) -> Claim | None:
+        k = self.s.keys
+        until = _ms(now + self.retention)
+        band_until = _ms((plan.epoch + 1 + EPOCHS_READ - 1) * self.retention / 2)
+        keys = [k.art(plan.article_id), k.version, k.idx_stats, k.story(plan.story_id),
+                k.fired(plan.story_id), k.signature(plan.story_id),
+                *(k.exact(key) for key, _ in plan.take),
+                *(k.band(plan.epoch, bucket) for bucket, _ in plan.bands)]
+        out = self._commit(keys=keys, args=[
+            plan.article_id, plan.story_id, "1" if plan.is_new else "0", plan.version,
+            _ms(now), until, pack_signature(plan.signature) if plan.signature else "",
+            plan.epoch, band_until, len(plan.take), *(owner for _, owner in plan.take),
+            *(field for _, field in plan.bands)])
+        if not out:
+            return None
+        return Claim(out[0], out[1] == "1", fresh=out[2] == "1")
 
 
 class Store:
     """newsmon's Redis state behind a small interface. Safe to share between threads."""
 
-    def __init__(self, client: redis.Redis, retention_days: float = 30.0, prefix: str = PREFIX):
+    def __init__(self, client: redis.Redis, retention_days: float = 30.0, prefix: str = PREFIX,
+                 alert_retention_days: float = 30.0):
         self.r = client
         self.p = prefix
-        self.ttl = int(retention_days * 86400)
+        self.keys = Keys(prefix)
+        self.ttl = retention_days * 86400
+        self.alert_ttl = alert_retention_days * 86400
         self._claim_due = client.register_script(_CLAIM_DUE)
-        self._claim_story = client.register_script(_CLAIM_STORY)
+        self._begin_fetch = client.register_script(_BEGIN_FETCH)
+        self._first_text = client.register_script(_FIRST_TEXT)
         self._claim_seq = client.register_script(_CLAIM_SEQ)
-        self._claim_alert = client.register_script(_CLAIM_ALERT)
+        self._record_article = client.register_script(_RECORD_ARTICLE)
+        self._mark_done = client.register_script(_MARK_DONE)
+        self._claim_fired = client.register_script(_CLAIM_FIRED)
+        self._create_alert = client.register_script(_CREATE_ALERT)
         self._add_event = client.register_script(_ADD_EVENT)
+        self._forget_alerts = client.register_script(_FORGET_ALERTS)
+        self.index = RedisStoryIndex(self)
         self._cycle_step = client.register_script(_CYCLE_STEP)
         self.hosts = HostLeases(client, prefix)          # scale-out block, end of module
         self.versions = ConfigVersions(client, prefix)
 
     @classmethod
-    def from_url(cls, url: str, retention_days: float = 30.0) -> Store:
+    def from_url(cls, url: str, retention_days: float = 30.0,
+                 alert_retention_days: float = 30.0) -> Store:
         return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30),
-                   retention_days)
+                   retention_days, alert_retention_days=alert_retention_days)
 
     def ping(self) -> bool:
         try:
@@ -240,67 +563,100 @@ class Store:
 
     # -- scheduling ------------------------------------------------------------------------
     def sync_feeds(self, names: list[str], now: float) -> None:
-        """New feeds become due now; feeds no longer configured stop being handed out."""
+        """New feeds become due now; feeds no longer configured stop being handed out and
+        their state is deleted."""
         pipe = self.r.pipeline()
         if names:
-            pipe.zadd(self.p + "due", {name: now for name in names}, nx=True)
-        pipe.zrange(self.p + "due", 0, -1)
+            pipe.zadd(self.keys.due, {name: now for name in names}, nx=True)
+        pipe.zrange(self.keys.due, 0, -1)
         scheduled = pipe.execute()[-1]
         removed = set(scheduled) - set(names)
         if removed:
-            self.r.zrem(self.p + "due", *removed)
+            self.r.zrem(self.keys.due, *removed)
+            self.r.hdel(self.keys.lease, *removed)
+            for name in removed:
+                self.r.delete(self.keys.feed(name), self.keys.feed_ids(name))
 
-    def claim_due(self, now: float, lease: float, limit: int = 10_000) -> list[tuple[str, float]]:
-        """Hand out the feeds due at ``now``, each once: their due time moves ``lease`` ahead."""
-        flat = self._claim_due(keys=[self.p + "due"], args=[now, lease, limit])
+    def claim_due(self, now: float, lease: float, limit: int = 10_000,
+                  token: str = "") -> list[tuple[str, float]]:
+        """Hand out the feeds due at ``now``, each once: their due time moves ``lease`` ahead
+        and ``token`` is noted as the hand-out's (see begin_fetch)."""
+        flat = self._claim_due(keys=[self.keys.due, self.keys.lease],
+                               args=[now, lease, limit, token])
         return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def begin_fetch(self, name: str, token: str, now: float) -> bool:
+        """Whether a fetch handed out with ``token`` may run: it is the feed's latest hand-out,
+        its outcome is not recorded yet, and its lease has not run out (a backlog never
+        fetches a feed twice for one due time)."""
+        return bool(self._begin_fetch(keys=[self.keys.due, self.keys.lease],
+                                      args=[name, token, now]))
 
     def set_due(self, name: str, when: float) -> None:
         # XX: a feed removed from the configuration while it was being fetched stays removed.
-        self.r.zadd(self.p + "due", {name: when}, xx=True)
+        self.r.zadd(self.keys.due, {name: when}, xx=True)
 
     def set_due_many(self, names: list[str], when: float, chunk: int = 10_000) -> None:
         """``set_due`` for many feeds at once (in pipelined chunks)."""
         for start in range(0, len(names), chunk):
-            self.r.zadd(self.p + "due", dict.fromkeys(names[start:start + chunk], when), xx=True)
+            self.r.zadd(self.keys.due, dict.fromkeys(names[start:start + chunk], when), xx=True)
 
     def due_times(self) -> dict[str, float]:
-        return dict(self.r.zrange(self.p + "due", 0, -1, withscores=True))
+        return dict(self.r.zrange(self.keys.due, 0, -1, withscores=True))
 
     def feed_state(self, name: str) -> dict[str, str]:
-        return self.r.hgetall(f"{self.p}feed:{name}")
+        return self.r.hgetall(self.keys.feed(name))
 
     def feed_states(self, names: list[str]) -> list[dict[str, str]]:
-        pipe = self.r.pipeline()
+        pipe = self.r.pipeline(transaction=False)
         for name in names:
-            pipe.hgetall(f"{self.p}feed:{name}")
+            pipe.hgetall(self.keys.feed(name))
         return pipe.execute()
 
     def record_fetch(self, name: str, fields: dict[str, Any], next_due: float) -> None:
+        """Save a poll's outcome, unless the feed left the configuration meanwhile."""
+        if self.r.zscore(self.keys.due, name) is None:
+            return
         clean = {k: ("" if v is None else v) for k, v in fields.items()}
-        pipe = self.r.pipeline()
-        pipe.hset(f"{self.p}feed:{name}", mapping={**clean, "next_due": next_due})
-        pipe.zadd(self.p + "due", {name: next_due}, xx=True)
+        self.r.hset(self.keys.feed(name), mapping={**clean, "next_due": next_due})
+        pipe = self.r.pipeline(transaction=True)  # one slot: the hand-out is over
+        pipe.zadd(self.keys.due, {name: next_due}, xx=True)
+        pipe.hdel(self.keys.lease, name)
+        pipe.execute()
+
+    def feed_ids(self, name: str) -> set[str]:
+        """The article ids of the feed's latest document (see remember_feed_ids)."""
+        return self.r.smembers(self.keys.feed_ids(name))
+
+    def remember_feed_ids(self, name: str, ids: Sequence[str]) -> None:
+        """Remember the ids a feed lists now, for as long as it is configured: an item that
+        stays in its feed is never processed again, however long it stays."""
+        pipe = self.r.pipeline(transaction=True)  # one key: one slot
+        pipe.delete(self.keys.feed_ids(name))
+        if ids:
+            pipe.sadd(self.keys.feed_ids(name), *ids)
         pipe.execute()
 
     def add_event(self, event: dict[str, Any], now: float) -> bool:
         """Queue a feed health event for the health webhook (False: it was queued before).
         It is delivered like an alert whose watchlist is "" (see Service.claim_deliveries)."""
-        return bool(self._add_event(args=[self.p, event["id"], json.dumps(event), now]))
+        k = self.keys
+        return bool(self._add_event(keys=[k.alert(event["id"]), k.outbox, k.gone],
+                                    args=[event["id"], json.dumps(event), now]))
 
     # -- figures for metrics ---------------------------------------------------------------------
     def feed_health_summary(self) -> list[dict[str, Any]]:
         """Health, staleness and last outcome of every scheduled (configured) feed."""
-        names = self.r.zrange(self.p + "due", 0, -1)
-        pipe = self.r.pipeline()
+        names = self.r.zrange(self.keys.due, 0, -1)
+        pipe = self.r.pipeline(transaction=False)
         for name in names:
-            pipe.hmget(f"{self.p}feed:{name}", ["health", "stale", "outcome"])
+            pipe.hmget(self.keys.feed(name), ["health", "stale", "outcome"])
         return [{"health": h or "healthy", "stale": s == "1", "outcome": o or ""}
                 for h, s, o in pipe.execute()]
 
     def queue_depths(self, queues: tuple[str, ...], suffixes: tuple[str, ...]) -> dict[str, int]:
         """Messages waiting in each Celery queue (the broker is this Redis)."""
-        pipe = self.r.pipeline()
+        pipe = self.r.pipeline(transaction=False)
         for queue in queues:
             for suffix in suffixes:
                 pipe.llen(queue + suffix)
@@ -309,23 +665,49 @@ class Store:
         return {q: sum(lengths[i * n:(i + 1) * n]) for i, q in enumerate(queues)}
 
     def outbox_counts(self, now: float) -> dict[str, int]:
-        pipe = self.r.pipeline()
-        pipe.zcount(self.p + "outbox", "-inf", now)
-        pipe.zcount(self.p + "outbox", f"({now}", "+inf")
-        pipe.zcard(self.p + "dead")
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcount(self.keys.outbox, "-inf", now)
+        pipe.zcount(self.keys.outbox, f"({now}", "+inf")
+        pipe.zcard(self.keys.dead)
         due, waiting, dead = pipe.execute()
         return {"due": due, "waiting": waiting, "dead": dead}
 
+    # -- poison tasks --------------------------------------------------------------------------
+    def task_started(self, task_id: str) -> int:
+        """Count a start of this task; the count is how many starts never finished."""
+        key = f"{self.p}{{sched}}:runs:{task_id}"
+        pipe = self.r.pipeline(transaction=True)  # one key
+        pipe.incr(key)
+        pipe.expire(key, 86400)
+        return int(pipe.execute()[0])
+
+    def task_finished(self, task_id: str) -> None:
+        self.r.delete(f"{self.p}{{sched}}:runs:{task_id}")
+
+    def park_task(self, task_id: str, record: dict[str, Any]) -> None:
+        """Set a task aside that will not be run again (status lists it, metrics count it)."""
+        self.r.hset(self.p + "{sched}:parked", task_id, json.dumps(record))
+        self.task_finished(task_id)
+
+    def parked_tasks(self, now: float) -> dict[str, dict[str, Any]]:
+        """Parked tasks of the last PARKED_KEPT seconds; older ones are dropped."""
+        key = self.p + "{sched}:parked"
+        records = {tid: json.loads(raw) for tid, raw in self.r.hgetall(key).items()}
+        old = [tid for tid, rec in records.items() if rec.get("at", 0) < now - PARKED_KEPT]
+        if old:
+            self.r.hdel(key, *old)
+        return {tid: rec for tid, rec in records.items() if tid not in old}
+
     def mark_beat(self, now: float) -> None:
-        self.r.set(self.p + "beat", now)
+        self.r.set(self.keys.beat, now)
 
     def last_beat(self) -> float | None:
-        value = self.r.get(self.p + "beat")
+        value = self.r.get(self.keys.beat)
         return float(value) if value else None
 
     def open_cycle(self, cycle: str, feeds: int) -> None:
         """A poll cycle of ``feeds`` feeds handed out together."""
-        key = f"{self.p}cycle:{cycle}"
+        key = f"{self.p}{{sched}}:cycle:{cycle}"
         self.r.pipeline().hset(key, "feeds", feeds).expire(key, CYCLE_TTL).execute()
 
     def cycle_step(self, cycle: str, failed_feed: str = "", **increments: int) -> \
@@ -333,61 +715,107 @@ class Store:
         """Count one step of a cycle; returns the cycle's fields to the one step that completes
         it (None to every other step, and for an unknown or expired cycle)."""
         pairs = [x for field, n in increments.items() for x in (field, n)]
-        out = self._cycle_step(keys=[f"{self.p}cycle:{cycle}"],
+        out = self._cycle_step(keys=[f"{self.p}{{sched}}:cycle:{cycle}"],
                                args=[CYCLE_TTL, failed_feed, *pairs])
         return dict(zip(out[::2], out[1::2], strict=True)) if out else None
 
     # -- articles and stories ----------------------------------------------------------------
     def done_articles(self, article_ids: list[str]) -> set[str]:
         """Which of these articles were processed to the end already."""
-        pipe = self.r.pipeline()
+        pipe = self.r.pipeline(transaction=False)
         for aid in article_ids:
-            pipe.hget(f"{self.p}art:{aid}", "done")
+            pipe.hget(self.keys.art(aid), "done")
         return {aid for aid, done in zip(article_ids, pipe.execute(), strict=True) if done}
 
     def claim_story(self, article_id: str, keys: StoryKeys, now: float) -> StoryClaim:
-        """The story this article belongs to; a new story when nothing known is the same."""
-        slots = len(keys.signature)
-        need = -(-int(THRESHOLD * slots * 1000) // 1000)  # ceil without float surprises
-        story, new, fresh = self._claim_story(args=[
-            self.p, article_id, article_id, _digest(keys.url), _digest(keys.guid), keys.fingerprint,
-            sig_to_hex(keys.signature), need, self.ttl, now, *keys.bands])
-        return StoryClaim(story_id=story, is_new=new == "1", fresh=fresh == "1")
+        """The story this article belongs to (dedupe.claim_story on the Redis index)."""
+        claim = claim_story(self.index, article_id, keys, article_id, now)
+        return StoryClaim(claim.story_id, claim.is_new, claim.fresh)
+
+    def first_text(self, article_id: str, text: str) -> str:
+        """The dump text of the article's first run (``text`` if this is the first)."""
+        return str(self._first_text(keys=[self.keys.art(article_id)], args=[text]))
 
     def story(self, story_id: str) -> dict[str, str]:
-        return self.r.hgetall(f"{self.p}story:{story_id}")
+        return self.r.hgetall(self.keys.story(story_id))
 
-    def claim_seq(self, article_id: str, day: str, *, force_new: bool = False) -> int:
-        return int(self._claim_seq(args=[self.p, article_id, day, "1" if force_new else "0"]))
+    def story_copies(self, story_id: str) -> int:
+        return int(self.r.hget(self.keys.story(story_id), "copies") or 1)
 
-    def add_article(self, article_json: dict[str, Any]) -> None:
-        self.r.xadd(self.p + "articles", {"article": json.dumps(article_json)},
-                    maxlen=STREAM_MAXLEN, approximate=True)
+    def claim_seq(self, article_id: str, day: str, now: float, *,
+                  force_new: bool = False) -> int:
+        return int(self._claim_seq(keys=[self.keys.art(article_id), self.keys.seq(day)],
+                                   args=["1" if force_new else "0", _ms(now + self.ttl)]))
+
+    def add_article(self, article_id: str, article_json: dict[str, Any], now: float) -> bool:
+        """Append a new story's article to the stream, once per article."""
+        return bool(self._record_article(
+            keys=[self.keys.art(article_id), self.keys.articles],
+            args=[json.dumps(article_json), _ms(now), _ms(now - self.ttl),
+                  article_json.get("file") or ""]))
+
+    def article_file(self, article_id: str) -> str | None:
+        """The dump file recorded for this article (with its stream entry), if any."""
+        return self.r.hget(self.keys.art(article_id), "file") or None
 
     def mark_done(self, article_id: str) -> None:
-        self.r.hset(f"{self.p}art:{article_id}", "done", "1")
+        self._mark_done(keys=[self.keys.art(article_id)])
 
     # -- alerts --------------------------------------------------------------------------------
     def claim_alert(self, story_id: str, watchlist: str, alert_id: str, alert_json: dict[str, Any],
-                    created: float) -> tuple[str, bool]:
-        """Record an alert unless this watchlist already fired for this story."""
-        aid, created_now = self._claim_alert(args=[
-            self.p, story_id, watchlist, alert_id, json.dumps(alert_json), created, self.ttl,
-            STREAM_MAXLEN])
-        return aid, bool(created_now)
+                    created: float, article_id: str | None = None) -> tuple[str, bool]:
+        """Record an alert unless this watchlist already fired for this story (True: the
+        alert was created now). A retry of the article that fired it creates it if missing."""
+        k = self.keys
+        aid, ours = self._claim_fired(
+            keys=[k.art(article_id or alert_json["article"]["id"]), k.fired(story_id)],
+            args=[watchlist, alert_id, _ms(created + self.ttl)])
+        if not int(ours):
+            return aid, False
+        record = {**alert_json, "id": aid}
+        streamed = {**record, "article": {key: value for key, value in record["article"].items()
+                                          if key != "dump"}}
+        made = self._create_alert(
+            keys=[k.alert(aid), k.by_time, k.outbox, k.alerts, k.out_stats, k.gone],
+            args=[aid, json.dumps(record), created, watchlist, json.dumps(streamed),
+                  _ms(created), _ms(created - self.alert_ttl)])
+        return aid, bool(made)
 
     def alerts(self, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        ids = self.r.zrangebyscore(self.p + "alerts:by-time", since or "-inf", "+inf",
+        ids = self.r.zrangebyscore(self.keys.by_time, since or "-inf", "+inf",
                                    start=0, num=limit) if since else \
-            self.r.zrange(self.p + "alerts:by-time", -limit, -1)
-        pipe = self.r.pipeline()
+            self.r.zrange(self.keys.by_time, -limit, -1)
+        pipe = self.r.pipeline(transaction=False)
         for aid in ids:
-            pipe.hgetall(f"{self.p}alert:{aid}")
+            pipe.hgetall(self.keys.alert(aid))
         return [self._alert_view(h) for h in pipe.execute() if h]
 
     def alert(self, alert_id: str) -> dict[str, Any] | None:
-        record = self.r.hgetall(f"{self.p}alert:{alert_id}")
+        record = self.r.hgetall(self.keys.alert(alert_id))
         return self._alert_view(record) if record else None
+
+    def alert_gone(self, alert_id: str) -> float | None:
+        """When this alert was removed by the alert retention (None: not known as removed)."""
+        return self.r.zscore(self.keys.gone, alert_id)
+
+    def forget_alerts(self, now: float) -> int:
+        """Remove the finished alerts whose retention ran out, and stream entries older than their
+        retention; returns how many alerts went."""
+        k = self.keys
+        removed = 0
+        # the streams are trimmed when they grow; also here, for a service gone quiet
+        self.r.xtrim(k.alerts, minid=_ms(now - self.alert_ttl))
+        self.r.xtrim(k.articles, minid=_ms(now - self.ttl))
+        while True:
+            ids = self.r.zrangebyscore(k.expiry, "-inf", now, start=0, num=FORGET_BATCH)
+            if not ids:
+                return removed
+            removed += int(self._forget_alerts(
+                keys=[k.expiry, k.by_time, k.gone, k.dead, k.outbox,
+                      *(k.alert(a) for a in ids)],
+                args=[now, now - GONE_KEPT * self.alert_ttl, *ids]))
+            if len(ids) < FORGET_BATCH:
+                return removed
 
     @staticmethod
     def _alert_view(record: dict[str, str]) -> dict[str, Any]:
@@ -405,7 +833,10 @@ class Store:
         return data
 
     def stats(self) -> dict[str, int]:
-        raw = self.r.hgetall(self.p + "stats")
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.idx_stats)
+        pipe.hgetall(self.keys.out_stats)
+        raw = {k: v for part in pipe.execute() for k, v in part.items()}
         return {k: int(raw.get(k, 0)) for k in ("articles", "stories", "duplicates", "alerts")}
 
     def now(self) -> float:
@@ -423,35 +854,47 @@ class Store:
                          members: list[str] | None = None) -> list[DeliveryClaim]:
         """Hand out due outbox members (or only those of ``members`` that are due), each once:
         their score moves ``lease`` ahead and ``token`` becomes their owner."""
+        k = self.keys
+        if not members:
+            members = self.r.zrangebyscore(k.outbox, "-inf", now, start=0, num=limit)
+        if not members:
+            return []
         flat = self._delivery_scripts["claim"](
-            keys=[self.p + "outbox"], args=[self.p, now, lease, limit, token, *(members or [])])
+            keys=[k.outbox, *(k.alert(m.partition("|")[0]) for m in members)],
+            args=[now, lease, token, *members])
         return [DeliveryClaim(flat[i], token, flat[i + 1]) for i in range(0, len(flat), 2)]
 
     def expand_alert(self, claim: DeliveryClaim, story: str, dests: list[str], now: float,
                      lease: float) -> list[DeliveryClaim]:
         """Turn a claimed alert into claimed per-destination members (none: state recorded)."""
+        k = self.keys
         members = self._delivery_scripts["expand"](
-            args=[self.p, claim.member, claim.token, now, lease, story, *dests])
+            keys=[k.outbox, k.alert(claim.member), k.expiry],
+            args=[claim.member, claim.token, now, lease, story, self.alert_ttl, *dests])
         return [DeliveryClaim(m, claim.token, claim.watchlist) for m in members]
 
     def alert_stories(self, alert_ids: list[str]) -> list[str]:
         """The story id of each alert ("" for an alert that does not exist)."""
-        pipe = self.r.pipeline()
+        pipe = self.r.pipeline(transaction=False)
         for aid in alert_ids:
-            pipe.hget(f"{self.p}alert:{aid}", "data")
+            pipe.hget(self.keys.alert(aid), "data")
         return [json.loads(d).get("story", "") if d else "" for d in pipe.execute()]
 
     def start_delivery(self, claim: DeliveryClaim, now: float, *, run_lease: float, slots: int,
                        busy_wait: float, max_lost: int, queue_lease: float) -> DeliveryStart:
         """Begin an attempt on a claimed member: its lease becomes ``run_lease`` and it takes
         one of its destination's ``slots``; see ``_START_DELIVERY`` for the other verdicts."""
-        out = self._delivery_scripts["start"](args=[
-            self.p, claim.member, claim.token, now, run_lease, slots, busy_wait, max_lost,
-            queue_lease])
+        k = self.keys
+        alert_id, _, dest = claim.member.partition("|")
+        out = self._delivery_scripts["start"](
+            keys=[k.alert(alert_id), k.outbox, k.hold(dest), k.inflight(dest)],
+            args=[claim.member, claim.token, now, run_lease, slots, busy_wait, max_lost,
+                  queue_lease])
         verdict = out[0]
         if verdict == "go":
+            # The story's copies are read apart: they live in the identity slot, not this one.
             return DeliveryStart("go", attempts=int(out[1]), alert=json.loads(out[2]),
-                                 watchlist=out[3], copies=int(out[4]))
+                                 watchlist=out[3], copies=self.story_copies(out[4]))
         if verdict in ("busy", "held"):
             return DeliveryStart(verdict, wait=float(out[1]))
         if verdict == "lost":
@@ -464,51 +907,68 @@ class Store:
         """Log an attempt (``entry``; None logs nothing) and move the member on. Returns the
         alert's state, or "stale" when the claim was no longer ours (then only the log changed).
         ``hold_until``: no attempt to this destination before then (its Retry-After)."""
-        return str(self._delivery_scripts["record"](args=[
-            self.p, claim.member, claim.token, now,
-            json.dumps(entry, ensure_ascii=False) if entry else "", state, when or 0, reason,
-            hold_until or 0]))
+        k = self.keys
+        alert_id, _, dest = claim.member.partition("|")
+        return str(self._delivery_scripts["record"](
+            keys=[k.alert(alert_id), k.outbox, k.inflight(dest), k.hold(dest), k.dead, k.expiry],
+            args=[claim.member, claim.token, now,
+                  json.dumps(entry, ensure_ascii=False) if entry else "", state, when or 0,
+                  reason, hold_until or 0, self.alert_ttl]))
 
     def replay(self, alert_id: str, now: float) -> int:
         """Queue an alert's dead destinations again; -1 if there is no such alert."""
-        return int(self._delivery_scripts["replay"](args=[self.p, alert_id, now]))
+        k = self.keys
+        return int(self._delivery_scripts["replay"](
+            keys=[k.alert(alert_id), k.outbox, k.dead, k.expiry],
+            args=[alert_id, now, self.alert_ttl]))
 
     def dead_alerts(self) -> list[str]:
         """Ids of alerts with a dead-lettered destination, oldest first."""
-        members = self.r.zrange(self.p + "dead", 0, -1)
+        members = self.r.zrange(self.keys.dead, 0, -1)
         return list(dict.fromkeys(m.split("|", 1)[0] for m in members))
 
     def outbox_next(self) -> float | None:
         """When the earliest outbox member is due (None: the outbox is empty)."""
-        first = self.r.zrange(self.p + "outbox", 0, 0, withscores=True)
+        first = self.r.zrange(self.keys.outbox, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
     def delivery_states(self, alert_ids: list[str]) -> dict[str, str | None]:
         """The delivery state of each alert (None: no such alert)."""
-        pipe = self.r.pipeline()
+        pipe = self.r.pipeline(transaction=False)
         for aid in alert_ids:
-            pipe.hget(f"{self.p}alert:{aid}", "state")
+            pipe.hget(self.keys.alert(aid), "state")
         return dict(zip(alert_ids, pipe.execute(), strict=True))
 
     def disable_webhook(self, digest: str, reason: dict[str, Any]) -> None:
         """Disable a webhook configuration (by its digest) until the configuration changes."""
-        self.r.set(f"{self.p}webhook:disabled:{digest}", json.dumps(reason), ex=self.ttl)
+        self.r.hset(self.keys.disabled, digest, json.dumps(reason))
 
     def webhook_disabled(self, digest: str) -> dict[str, Any] | None:
-        raw = self.r.get(f"{self.p}webhook:disabled:{digest}")
+        raw = self.r.hget(self.keys.disabled, digest)
         return json.loads(raw) if raw else None
+
+    def keep_disabled(self, digests: set[str]) -> None:
+        """Forget disabled webhook digests that are no longer configured (bounded by config)."""
+        stale = set(self.r.hkeys(self.keys.disabled)) - digests
+        if stale:
+            self.r.hdel(self.keys.disabled, *stale)
 
 
 # -- delivery scripts ---------------------------------------------------------------------------
 # Shared by the scripts below: split a member, and fold the destinations' states into the
-# alert's own ``state`` and ``next_attempt``.
+# alert's own ``state`` and ``next_attempt``; a finished alert gets its removal time in the
+# expiry zset (``keep`` seconds after now), an unfinished one leaves it.
 _DELIVERY_LIB = """
 local function split(m)
   local sep = string.find(m, '|', 1, true)
   if not sep then return m, '' end
   return string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
 end
-local function aggregate(a)
+local function finish(a, id, expiry, state, now, keep)
+  if state == 'retrying' or state == 'pending' then redis.call('ZREM', expiry, id)
+  else redis.call('ZADD', expiry, now + keep, id) end
+end
+local function aggregate(a, id, expiry, now, keep)
   local dests = redis.call('HGET', a, 'dests') or ''
   local retrying, pending, dead, nxt = false, false, false, nil
   for dest in string.gmatch(dests, '%S+') do
@@ -526,50 +986,47 @@ local function aggregate(a)
   redis.call('HSET', a, 'state', state)
   if nxt then redis.call('HSET', a, 'next_attempt', nxt)
   else redis.call('HDEL', a, 'next_attempt') end
+  finish(a, id, expiry, state, now, keep)
   return state
 end
 """
 
-# Hand out due outbox members (all due ones, or only those named), each to one caller.
-# KEYS: outbox. ARGV: prefix, now, lease, limit, token, members... (none: every due member)
+# Hand out the named outbox members that are still due, each to one caller.
+# KEYS: outbox, the alert of each member. ARGV: now, lease, token, members...
 _CLAIM_DELIVERIES = _DELIVERY_LIB + """
-local p, now, lease, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[5]
-local due = {}
-if #ARGV > 5 then
-  for i = 6, #ARGV do
-    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-    if score and tonumber(score) <= now then table.insert(due, ARGV[i]) end
-  end
-else
-  due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[4])
-end
+local now, lease, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local out = {}
-for _, m in ipairs(due) do
-  local id, dest = split(m)
-  local a = p .. 'alert:' .. id
-  if redis.call('EXISTS', a) == 0 then
-    redis.call('ZREM', KEYS[1], m)
-  else
-    redis.call('ZADD', KEYS[1], now + lease, m)
-    redis.call('HSET', a, 'lease:' .. dest, token)
-    table.insert(out, m)
-    table.insert(out, redis.call('HGET', a, 'watchlist') or '')
+for i = 4, #ARGV do
+  local m, a = ARGV[i], KEYS[i - 2]
+  local score = redis.call('ZSCORE', KEYS[1], m)
+  if score and tonumber(score) <= now then
+    local id, dest = split(m)
+    if redis.call('EXISTS', a) == 0 then
+      redis.call('ZREM', KEYS[1], m)
+    else
+      redis.call('ZADD', KEYS[1], now + lease, m)
+      redis.call('HSET', a, 'lease:' .. dest, token)
+      table.insert(out, m)
+      table.insert(out, redis.call('HGET', a, 'watchlist') or '')
+    end
   end
 end
 return out
 """
 
 # Replace a claimed bare alert id by one member per destination, claimed by the same token.
-# No destination: the alert is only recorded. ARGV: prefix, id, token, now, lease, story, dests...
+# No destination: the alert is only recorded. KEYS: outbox, alert, expiry.
+# ARGV: id, token, now, lease, story, keep, dests...
 _EXPAND_ALERT = _DELIVERY_LIB + """
-local p, id, token, now, lease = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local a = p .. 'alert:' .. id
+local id, token, now, lease = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local outbox, a, keep = KEYS[1], KEYS[2], tonumber(ARGV[6])
 if redis.call('HGET', a, 'lease:') ~= token then return {} end
-if redis.call('ZREM', p .. 'outbox', id) == 0 then return {} end
+if redis.call('ZREM', outbox, id) == 0 then return {} end
 redis.call('HDEL', a, 'lease:')
 if #ARGV < 7 then
   redis.call('HSET', a, 'state', 'recorded', 'dests', '')
   redis.call('HDEL', a, 'next_attempt')
+  finish(a, id, KEYS[3], 'recorded', now, keep)
   return {}
 end
 local dests, out = {}, {}
@@ -579,11 +1036,11 @@ for i = 7, #ARGV do
   redis.call('HSET', a, 'st:' .. dest, 'pending', 'n:' .. dest, 0, 'starts:' .. dest, 0,
              'lease:' .. dest, token)
   redis.call('HDEL', a, 'next:' .. dest, 'why:' .. dest)
-  redis.call('ZADD', p .. 'outbox', now + lease, m)
+  redis.call('ZADD', outbox, now + lease, m)
   table.insert(out, m)
 end
-redis.call('HSET', a, 'dests', table.concat(dests, ' '), 'story', ARGV[6])
-aggregate(a)
+redis.call('HSET', a, 'dests', table.concat(dests, ' '), 'story', ARGV[5])
+aggregate(a, id, KEYS[3], now, keep)
 return out
 """
 
@@ -591,104 +1048,103 @@ return out
 # held (Retry-After: the member goes back to the outbox, due when the hold ends), or it already
 # has ``slots`` attempts in flight (busy: the claim stays the caller's, who asks again after
 # the wait), or too many attempts began and never reported (lost: the caller dead-letters it).
-# ARGV: prefix, member, token, now, run lease, slots, least busy wait, max lost, queue lease
-# Returns {verdict, ...}: {'go', attempts recorded, data, watchlist, copies},
+# KEYS: alert, outbox, hold of its destination, in-flight of its destination
+# ARGV: member, token, now, run lease, slots, least busy wait, max lost, queue lease
+# Returns {verdict, ...}: {'go', attempts recorded, data, watchlist, story},
 #   {'busy'|'held', seconds to wait}, {'stale'}, {'lost', attempts lost}.
 _START_DELIVERY = _DELIVERY_LIB + """
-local p, m, token, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local m, token, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local id, dest = split(m)
-local a = p .. 'alert:' .. id
-local outbox = p .. 'outbox'
+local a, outbox, inflight = KEYS[1], KEYS[2], KEYS[4]
 if redis.call('HGET', a, 'lease:' .. dest) ~= token then return {'stale'} end
 if not redis.call('ZSCORE', outbox, m) then return {'stale'} end
-local hold = tonumber(redis.call('GET', p .. 'dest:' .. dest .. ':hold') or '0')
+local hold = tonumber(redis.call('GET', KEYS[3]) or '0')
 if hold > now then
   redis.call('ZADD', outbox, hold, m)
   redis.call('HDEL', a, 'lease:' .. dest)
   return {'held', tostring(hold - now)}
 end
-local inflight = p .. 'dest:' .. dest .. ':inflight'
-redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now - tonumber(ARGV[5]))
+redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now - tonumber(ARGV[4]))
 if redis.call('ZSCORE', inflight, m) == false
-   and redis.call('ZCARD', inflight) >= tonumber(ARGV[6]) then
+   and redis.call('ZCARD', inflight) >= tonumber(ARGV[5]) then
   local oldest = redis.call('ZRANGE', inflight, 0, 0, 'WITHSCORES')
-  local busy = math.min(math.max(now - tonumber(oldest[2]), tonumber(ARGV[7])), 5)
-  redis.call('ZADD', outbox, now + busy + tonumber(ARGV[9]), m)
+  local busy = math.min(math.max(now - tonumber(oldest[2]), tonumber(ARGV[6])), 5)
+  redis.call('ZADD', outbox, now + busy + tonumber(ARGV[8]), m)
   return {'busy', tostring(busy)}
 end
 local recorded = tonumber(redis.call('HGET', a, 'n:' .. dest) or '0')
 local starts = redis.call('HINCRBY', a, 'starts:' .. dest, 1)
-if starts - recorded > tonumber(ARGV[8]) then return {'lost', tostring(starts - 1 - recorded)} end
+if starts - recorded > tonumber(ARGV[7]) then return {'lost', tostring(starts - 1 - recorded)} end
 redis.call('ZADD', inflight, now, m)
 redis.call('EXPIRE', inflight, 86400)
-redis.call('ZADD', outbox, now + tonumber(ARGV[5]), m)
-local story = redis.call('HGET', a, 'story') or ''
-local copies = redis.call('HGET', p .. 'story:' .. story, 'copies') or '1'
+redis.call('ZADD', outbox, now + tonumber(ARGV[4]), m)
 return {'go', tostring(recorded), redis.call('HGET', a, 'data'), redis.call('HGET', a, 'watchlist'),
-        copies}
+        redis.call('HGET', a, 'story') or ''}
 """
 
 # Record one attempt's outcome: append it to the alert's log, then (if the claim is still
 # ours) move the member on: delivered and dead leave the outbox, retrying is due at ``when``.
-# ARGV: prefix, member, token, now, log entry (JSON), state, when, reason, hold until (0: none)
+# KEYS: alert, outbox, in-flight and hold of its destination, dead, expiry
+# ARGV: member, token, now, log entry (JSON), state, when, reason, hold until (0: none), keep
 _RECORD_DELIVERY = _DELIVERY_LIB + """
-local p, m, token, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local m, token, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local id, dest = split(m)
-local a = p .. 'alert:' .. id
-local outbox = p .. 'outbox'
-redis.call('ZREM', p .. 'dest:' .. dest .. ':inflight', m)
-if tonumber(ARGV[9]) > now then
-  redis.call('SET', p .. 'dest:' .. dest .. ':hold', ARGV[9], 'EX', math.ceil(ARGV[9] - now) + 1)
+local a, outbox = KEYS[1], KEYS[2]
+redis.call('ZREM', KEYS[3], m)
+if tonumber(ARGV[8]) > now then
+  redis.call('SET', KEYS[4], ARGV[8], 'EX', math.ceil(ARGV[8] - now) + 1)
 end
-if ARGV[5] ~= '' then
+if ARGV[4] ~= '' then
   local log = redis.call('HGET', a, 'log')
-  if not log or log == '' or log == '[]' then log = '[' .. ARGV[5] .. ']'
-  else log = string.sub(log, 1, -2) .. ',' .. ARGV[5] .. ']' end
+  if not log or log == '' or log == '[]' then log = '[' .. ARGV[4] .. ']'
+  else log = string.sub(log, 1, -2) .. ',' .. ARGV[4] .. ']' end
   redis.call('HSET', a, 'log', log)
   redis.call('HINCRBY', a, 'attempts', 1)
   redis.call('HINCRBY', a, 'n:' .. dest, 1)
 end
 if redis.call('HGET', a, 'lease:' .. dest) ~= token then return 'stale' end
-local state = ARGV[6]
+local state = ARGV[5]
 redis.call('HSET', a, 'st:' .. dest, state)
 if state == 'retrying' then
-  redis.call('ZADD', outbox, ARGV[7], m)
-  redis.call('HSET', a, 'next:' .. dest, ARGV[7])
+  redis.call('ZADD', outbox, ARGV[6], m)
+  redis.call('HSET', a, 'next:' .. dest, ARGV[6])
 else
   redis.call('ZREM', outbox, m)
   redis.call('HDEL', a, 'next:' .. dest, 'lease:' .. dest)
   if state == 'dead' then
-    redis.call('ZADD', p .. 'dead', now, m)
-    redis.call('HSET', a, 'why:' .. dest, ARGV[8])
+    redis.call('ZADD', KEYS[5], now, m)
+    redis.call('HSET', a, 'why:' .. dest, ARGV[7])
   end
 end
-return aggregate(a)
+return aggregate(a, id, KEYS[6], now, tonumber(ARGV[9]))
 """
 
 # Send an alert's dead destinations again, from the first attempt of the schedule; an alert
 # that was only recorded goes back to the outbox to find its destinations anew.
-# ARGV: prefix, alert id, now. Returns the number of destinations queued (-1: no such alert).
+# KEYS: alert, outbox, dead, expiry. ARGV: alert id, now, keep.
+# Returns the number of destinations queued (-1: no such alert).
 _REPLAY = _DELIVERY_LIB + """
-local p, id, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local a = p .. 'alert:' .. id
+local id, now = ARGV[1], tonumber(ARGV[2])
+local a, outbox, dead = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('EXISTS', a) == 0 then return -1 end
 if redis.call('HGET', a, 'state') == 'recorded' then
-  redis.call('ZADD', p .. 'outbox', now, id)
+  redis.call('ZADD', outbox, now, id)
   redis.call('HSET', a, 'state', 'pending')
+  redis.call('ZREM', KEYS[4], id)
   return 1
 end
 local queued = 0
 for dest in string.gmatch(redis.call('HGET', a, 'dests') or '', '%S+') do
   if redis.call('HGET', a, 'st:' .. dest) == 'dead' then
     local m = id .. '|' .. dest
-    redis.call('ZREM', p .. 'dead', m)
-    redis.call('ZADD', p .. 'outbox', now, m)
+    redis.call('ZREM', dead, m)
+    redis.call('ZADD', outbox, now, m)
     redis.call('HSET', a, 'st:' .. dest, 'pending', 'n:' .. dest, 0, 'starts:' .. dest, 0)
     redis.call('HDEL', a, 'why:' .. dest, 'lease:' .. dest)
     queued = queued + 1
   end
 end
-aggregate(a)
+aggregate(a, id, KEYS[4], now, tonumber(ARGV[3]))
 return queued
 """
 
@@ -720,8 +1176,9 @@ class DeliveryStart:
 
 # Grant a connection lease to one host unless it has ``total`` live leases already, or ``kind``
 # has its own budget and ``budget`` of them. Times are the server's, so workers' clocks need not
-# agree. KEYS: host:{h}. ARGV: seconds, member ("kind:token"), total, kind budget (0: none),
-# kind. Returns 1 when granted.
+# agree (the one family not on the caller's clock: a lease is a request's few seconds, and no
+# simulated clock drives requests). KEYS: {h:<host>}:leases. ARGV: seconds, member
+# ("kind:token"), total, kind budget (0: none), kind. Returns 1 when granted.
 _GRANT_HOST = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -770,7 +1227,7 @@ class HostLeases:
         self._grant = client.register_script(_GRANT_HOST)
 
     def key(self, host: str) -> str:
-        return f"{self.p}host:{{{host}}}"
+        return f"{self.p}{{h:{host}}}:leases"
 
     def acquire(self, host: str, kind: str, token: str, seconds: float, total: int,
                 budget: int = 0) -> bool:

@@ -10,13 +10,17 @@ from typing import Any
 
 from celery import Task
 
+from worker import metrics
 from worker.app import app, broker_url, settings
 from worker.config import FeedConfig
 from worker.models import ParsedFeed
 from worker.pipeline import Fresh
+from worker.schedule import CLAIM_LEASE
 from worker.sentry import tag
 from worker.service import Service, decode_batch, encode_batch
-from worker.store import DeliveryClaim
+from worker.store import INFRA_ERRORS, DeliveryClaim
+
+MAX_DEATHS = 3  # runs of one task that killed their worker before it is parked
 
 log = logging.getLogger("newsmon.tasks")
 
@@ -27,7 +31,33 @@ def service() -> Service:
 
 
 class NewsmonTask(Task):
-    """Shared policy: late acknowledgement (set on the app) and a log line for every failure."""
+    """Shared policy: late acknowledgement (set on the app), a log line for every failure,
+    transient infrastructure errors retried with backoff, and poison tasks parked: a task whose
+    runs keep killing their worker is set aside after MAX_DEATHS deaths, not requeued forever."""
+
+    autoretry_for = INFRA_ERRORS
+    retry_backoff = 2
+    retry_backoff_max = 300
+    retry_jitter = True
+    max_retries = 50
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        task_id = self.request.id
+        if not task_id:  # called directly, not by a worker
+            return super().__call__(*args, **kwargs)
+        store = service().store
+        starts = store.task_started(task_id)
+        if starts > MAX_DEATHS:
+            reason = f"killed its worker {starts - 1} times (out of memory or a crash?)"
+            store.park_task(task_id, {"task": self.name, "args": repr(args)[:300],
+                                      "reason": reason, "at": time.time()})
+            metrics.PARKED.labels(self.name).inc()
+            log.error("task=%s id=%s parked: %s", self.name, task_id, reason)
+            return None
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            store.task_finished(task_id)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
@@ -36,14 +66,15 @@ class NewsmonTask(Task):
 
 @app.task(base=NewsmonTask, name="newsmon.tick")
 def tick() -> None:
-    feeds = service().due_feeds(time.time())
-    if not feeds:
+    handed = service().hand_out(time.time())
+    if not handed:
         return
     digest = service().config_digest()
     cycle = uuid.uuid4().hex  # the feeds handed out together: one summary line when all done
-    service().store.open_cycle(cycle, len(feeds))
-    for feed in feeds:
-        fetch.delay(feed.name, cycle, digest)
+    service().store.open_cycle(cycle, len(handed))
+    for feed, token in handed:
+        # dropped by the worker once its lease is over: the feed is handed out anew by then
+        fetch.apply_async((feed.name, cycle, token, digest), expires=CLAIM_LEASE)
 
 
 @app.task(base=NewsmonTask, name="newsmon.heartbeat")
@@ -53,8 +84,16 @@ def heartbeat() -> None:
 
 
 @app.task(base=NewsmonTask, name="newsmon.fetch")
-def fetch(feed_name: str, cycle: str = "", config_digest: str | None = None) -> None:
+def fetch(feed_name: str, cycle: str = "", token: str = "",
+          config_digest: str | None = None) -> None:
+    """Poll one feed handed out by a tick: ``token`` is the hand-out's, ``config_digest`` the
+    tick's configuration (both empty in messages queued by older versions)."""
     tag(feed=feed_name)
+    if token and not service().store.begin_fetch(feed_name, token, time.time()):
+        log.info("feed=%s hand-out %s already used or past its lease: skipped", feed_name, token,
+                 extra={"feed": feed_name})
+        service().cycle_step(cycle, polled=1)  # its cycle still completes
+        return
     feed = service().feed_to_fetch(feed_name, config_digest, time.time())
     outcome: dict[str, Any] = {}
     if feed is not None:  # None: removed from the configuration, or given back (a rollout)
@@ -89,6 +128,7 @@ def send_deliveries(claims: list[DeliveryClaim]) -> None:
 @app.task(base=NewsmonTask, name="newsmon.deliver_due")
 def deliver_due() -> None:
     send_deliveries(service().claim_deliveries(time.time()))
+    service().store.forget_alerts(time.time())  # finished alerts past their retention
 
 
 @app.task(base=NewsmonTask, name="newsmon.deliver")
