@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,31 @@ def test_watcher_keeps_the_last_good_configuration_on_a_bad_change(tmp_path):
     write(tmp_path, a="feeds:\n  - url: https://b.example/\n  - url: https://c.example/\n")
     assert [f.url for f in watcher.current().feeds] == ["https://b.example/", "https://c.example/"]
     assert watcher.error is None
+
+
+def test_threads_asking_at_once_load_a_change_once(tmp_path, monkeypatch):
+    import threading
+
+    from worker import config as config_module
+
+    (tmp_path / "feeds.yaml").write_text("feeds:\n  - url: https://a.example/\n")
+    loads = []
+    real = config_module.load_config
+
+    def counted(*args, **kwargs):
+        loads.append(1)
+        time.sleep(0.2)  # a large folder: the other threads arrive while this one loads
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(config_module, "load_config", counted)
+    watcher = ConfigWatcher(tmp_path, env={})
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(watcher.current())) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and len({id(c) for c in got}) == 1
 
 
 @pytest.mark.parametrize("text", [

@@ -7,6 +7,8 @@ Docker cannot run here, so nothing is built or started. What is checked instead:
 - Dockerfile: hadolint, and the files it copies.
 - systemd: `systemd-analyze verify` on a copy whose ExecStart points at a binary that exists.
 - Every command the files run is a `celery -A worker.app` or `newsmon` command that exists.
+- Each recipe runs one worker per kind of work, in the pool that fits it (worker/layout.py), and
+  the beat beside the schedule queue; every worker mounts one shared dump folder.
 Checks that need an external tool skip, with the reason, when the tool is not installed.
 """
 
@@ -46,8 +48,11 @@ CELERY_SUBCOMMANDS = {"worker", "beat", "flower", "inspect"}
 NEWSMON_SUBCOMMANDS = {"run", "health", "status", "check"}
 # Read by Compose itself (interpolation), not by newsmon: not needed in the systemd env file.
 COMPOSE_ONLY_VARS = {"FLOWER_PORT"}
+# Set by each systemd unit (one metrics port per pool), so not in the shared env file.
+SYSTEMD_UNIT_VARS = {"NEWSMON_METRICS_PORT"}
 # The Secret is a template kept out of kustomization.yaml, so applying never overwrites real values.
 K8S_NOT_IN_KUSTOMIZATION = {"secret.yaml"}
+K8S_POOLS = ("newsmon-fetch", "newsmon-process", "newsmon-deliver")
 WORKER_SHUTDOWN_SECONDS = 30  # the worker's soft shutdown; every stop timeout must exceed it
 
 _VAR_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:[:?+-][^}]*)?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -281,10 +286,74 @@ def check_command(argv: list[str]) -> list[str]:
     if sub not in CELERY_SUBCOMMANDS:
         problems.append(f"unknown celery subcommand {sub!r}")
     if sub == "worker":
-        queues = next((rest[i + 1] for i, a in enumerate(rest) if a in ("-Q", "--queues")), "")
-        if set(queues.split(",")) != worker_queues():
-            problems.append(f"a worker must consume {sorted(worker_queues())}, got -Q {queues!r}")
+        problems += check_pool(rest)
     return problems
+
+
+def option(argv: list[str], *names: str) -> str | None:
+    """The value of ``--name value`` or ``--name=value`` (the first of ``names`` given)."""
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name in names:
+            return value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+    return None
+
+
+def check_pool(argv: list[str]) -> list[str]:
+    """A worker consumes one queue, in the pool that fits it, with a fixed size and a node name
+    of its own; only the schedule worker runs the beat."""
+    from worker.layout import QUEUE_POOLS
+
+    queue = option(argv, "-Q", "--queues") or ""
+    if queue not in QUEUE_POOLS:
+        return [f"a worker consumes one of {sorted(QUEUE_POOLS)}, got --queues {queue!r}"]
+    problems = []
+    pool = option(argv, "-P", "--pool")
+    if pool != QUEUE_POOLS[queue]:
+        problems.append(f"queue {queue} runs in a {QUEUE_POOLS[queue]} pool, got --pool {pool}")
+    if not (option(argv, "-c", "--concurrency") or "").isdigit():
+        problems.append(f"queue {queue}: set --concurrency (the default is the node's CPU count)")
+    if option(argv, "-n", "--hostname") not in (f"{queue}@%h", f"{queue}@%H"):
+        problems.append(f"queue {queue}: --hostname must be {queue}@%h (health pings it)")
+    if runs_beat(argv) != (queue == "schedule"):
+        problems.append("the beat runs beside the schedule queue, and only there")
+    return problems
+
+
+def runs_beat(argv: list[str]) -> bool:
+    return "beat" in argv[2:4] or "--beat" in argv or "-B" in argv
+
+
+def recipe_of(where: str) -> str:
+    if where.startswith("compose"):
+        return "compose"
+    if where.startswith("kubernetes"):
+        return "kubernetes"
+    return "systemd" if where.endswith(".service") else where
+
+
+def test_each_recipe_runs_every_pool_and_one_beat() -> None:
+    from worker.layout import QUEUE_POOLS
+
+    recipes: dict[str, list[list[str]]] = {}
+    for where, argv in deployed_commands():
+        if Path(argv[0]).name == "celery" and argv[3:4] == ["worker"]:
+            recipes.setdefault(recipe_of(where), []).append(argv)
+    assert set(recipes) == {"compose", "kubernetes", "systemd"}
+    for recipe, workers in recipes.items():
+        queues = sorted(option(argv, "-Q", "--queues") or "" for argv in workers)
+        assert queues == sorted(QUEUE_POOLS), f"{recipe}: one worker per queue, got {queues}"
+        assert sum(runs_beat(argv) for argv in workers) == 1, recipe
+
+
+def test_the_pool_check_catches_mistakes() -> None:
+    assert check_pool(["worker", "-Q", "fetch,deliver", "--pool", "threads"])
+    assert check_pool(["worker", "-Q", "process", "--pool", "threads", "-c", "2",
+                       "-n", "process@%h"])
+    assert check_pool(["worker", "-Q", "fetch", "--pool", "threads", "-n", "fetch@%h"])
+    assert check_pool(["worker", "-Q", "fetch", "-P", "threads", "-c", "8", "-n", "fetch@%h",
+                       "--beat"])
+    assert not check_pool(["worker", "-Q", "fetch", "-P", "threads", "-c", "8", "-n", "fetch@%h"])
 
 
 def test_every_command_is_a_known_cli_command() -> None:
@@ -390,7 +459,10 @@ def test_celery_app_is_where_the_commands_say() -> None:
 def test_env_examples_document_every_variable() -> None:
     compose_env = read_env_file(ENV_EXAMPLE)
     systemd_env = read_env_file(SYSTEMD_ENV_EXAMPLE)
-    assert set(systemd_env) == set(compose_env) - COMPOSE_ONLY_VARS
+    assert set(systemd_env) == set(compose_env) - COMPOSE_ONLY_VARS - SYSTEMD_UNIT_VARS
+    for unit in unit_files():
+        set_here = {line.split("=", 1)[0] for line in read_unit(unit)["Service"].get("Environment", [])}
+        assert set_here == SYSTEMD_UNIT_VARS, unit.name
 
 
 def test_every_variable_the_code_reads_is_documented() -> None:
@@ -476,11 +548,15 @@ def test_compose_volumes_are_declared_or_existing_folders() -> None:
 
 
 def services_running(subcommand: str) -> list[str]:
-    return [
-        name
-        for name, service in load_compose()["services"].items()
-        if subcommand in _argv(service.get("command", []))[3:4]
-    ]
+    """Compose services running the beat ("beat") or a worker pool without it ("worker")."""
+    found = []
+    for name, service in load_compose()["services"].items():
+        argv = _argv(service.get("command", []))
+        if argv[:1] != ["celery"]:
+            continue
+        if runs_beat(argv) if subcommand == "beat" else argv[3:4] == [subcommand] and not runs_beat(argv):
+            found.append(name)
+    return found
 
 
 def test_compose_runs_exactly_one_beat() -> None:
@@ -502,10 +578,12 @@ def test_compose_workers_can_be_scaled() -> None:
 
 def test_compose_schedules_are_read_only_and_dumps_shared() -> None:
     services = load_compose()["services"]
+    dumps = set()
     for name in services_running("worker") + services_running("beat"):
         volumes = services[name]["volumes"]
         assert any(v.endswith(":/app/schedules:ro") for v in volumes), f"{name}: schedules not :ro"
-        assert any(v.split(":")[1] == "/app/dump" and not v.startswith(".") for v in volumes)
+        dumps |= {v.split(":")[0] for v in volumes if v.split(":")[1] == "/app/dump"}
+    assert len(dumps) == 1 and not dumps.pop().startswith("."), "one named volume for every dump"
 
 
 def test_compose_publishes_ports_only_on_loopback() -> None:
@@ -596,7 +674,8 @@ def test_dockerfile_passes_hadolint() -> None:
 
 def test_systemd_units_are_graceful_and_unprivileged() -> None:
     names = {p.name for p in unit_files()}
-    assert names == {"newsmon-worker.service", "newsmon-beat.service"}
+    assert names == {"newsmon-fetch.service", "newsmon-process.service",
+                     "newsmon-deliver.service", "newsmon-beat.service"}
     for path in unit_files():
         service = read_unit(path)["Service"]
         assert service["User"] == ["newsmon"], path.name
@@ -650,9 +729,9 @@ def test_systemd_unit_verification_catches_mistakes(tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is not installed")
     broken = tmp_path / "broken"
     broken.mkdir()
-    unit = broken / "newsmon-worker.service"
+    unit = broken / "newsmon-fetch.service"
     unit.write_text(
-        (SYSTEMD / "newsmon-worker.service").read_text().replace("KillMode=", "KilMode=")
+        (SYSTEMD / "newsmon-fetch.service").read_text().replace("KillMode=", "KilMode=")
     )
     copy = _verifiable_copy(unit, tmp_path)
     result = subprocess.run(
@@ -728,7 +807,7 @@ def test_kubernetes_uses_the_compose_image() -> None:
     if image_name(image) in override:
         assert override[image_name(image)].get("newTag", image.split(":")[1]) == image.split(":")[1]
     workloads = {workload for workload, _ in newsmon_containers()}
-    assert workloads == {"newsmon-worker", "newsmon-beat"}
+    assert workloads == {*K8S_POOLS, "newsmon-beat"}
     redis = next(c for _, spec in pod_specs() for c in spec["containers"] if c["name"] == "redis")
     assert redis["image"] == load_compose()["services"]["redis"]["image"]
 
@@ -754,6 +833,9 @@ def test_kubernetes_references_resolve() -> None:
                 problems.append(
                     f"{workload}: ConfigMap {volume['configMap']['name']} is not defined"
                 )
+            claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+            if claim and ("PersistentVolumeClaim", claim) not in objects:
+                problems.append(f"{workload}: PersistentVolumeClaim {claim} is not defined")
             if "secret" in volume and ("Secret", volume["secret"]["secretName"]) not in objects:
                 problems.append(
                     f"{workload}: Secret {volume['secret']['secretName']} is not defined"
@@ -791,12 +873,26 @@ def test_kubernetes_runs_one_beat_and_scalable_workers() -> None:
     beat = k8s_object("Deployment", "newsmon-beat")
     assert beat["spec"]["replicas"] == 1
     assert beat["spec"]["strategy"]["type"] == "Recreate", "a rollout must not run two beats"
-    worker = k8s_object("Deployment", "newsmon-worker")
-    assert worker["spec"].get("strategy", {}).get("type", "RollingUpdate") == "RollingUpdate"
-    assert (
-        worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        > WORKER_SHUTDOWN_SECONDS
-    )
+    for name in K8S_POOLS:
+        worker = k8s_object("Deployment", name)
+        assert worker["spec"].get("strategy", {}).get("type", "RollingUpdate") == "RollingUpdate"
+        assert (
+            worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            > WORKER_SHUTDOWN_SECONDS
+        )
+
+
+def test_kubernetes_workers_share_one_read_write_many_dump_volume() -> None:
+    claims = set()
+    for name in K8S_POOLS:
+        spec = k8s_object("Deployment", name)["spec"]["template"]["spec"]
+        [mount] = [m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == "/app/dump"]
+        [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        claims.add(volume["persistentVolumeClaim"]["claimName"])
+    assert len(claims) == 1
+    claim = k8s_object("PersistentVolumeClaim", claims.pop())
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert k8s_object("ConfigMap", "newsmon-env")["data"]["NEWSMON_DUMP_DIR"] == "/app/dump"
     for workload, container in newsmon_containers():
         assert not any("hostPort" in p for p in container.get("ports", [])), workload
 

@@ -121,10 +121,12 @@ def test_a_second_run_refuses_and_views_from_anywhere_see_the_first(instance, tm
 def test_every_child_dies_with_a_sigkilled_run_and_the_next_run_starts_clean(instance):
     config, env, data, start = instance
     first = start("run", "--config", str(config))
-    wait_until(lambda: len((owner(data) or {}).get("children", [])) == 2, 30,
-               "Redis and the worker to start")
-    groups = owner(data)["children"]
-    wait_until(lambda: len(_group(groups[1])) >= 2, 30, "the worker's embedded beat")
+    from worker.layout import POOLS
+
+    wait_until(lambda: len((owner(data) or {}).get("children", [])) == 1 + len(POOLS), 60,
+               "Redis and the worker pools to start")
+    groups = owner(data)["children"]  # Redis, then one worker per pool, the schedule one first
+    wait_until(lambda: len(_group(groups[1])) >= 2, 30, "the schedule worker's embedded beat")
     children = [pid for g in groups for pid in _group(g)]
     os.kill(first.pid, signal.SIGKILL)  # only newsmon run itself, not its children
     first.wait()

@@ -182,7 +182,7 @@ def test_an_unexpected_error_is_recorded_on_its_feed(tmp_path, redis_url, http_s
     def broken(*_args, **_kwargs):
         raise ValueError("a bug")
 
-    monkeypatch.setattr("worker.pipeline.parse_feed", broken)
+    monkeypatch.setattr(service, "parse", broken)  # the service's parse_feed (bounded)
     service.run_once()
     service.store.set_due("a", 0)
     service.run_once()

@@ -10,7 +10,6 @@ import pytest
 
 from tests.feeds import LNG_STORY, item, rss
 from tests.test_pipeline import RSS, dumps, feed, make_service
-from worker import pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -74,8 +73,8 @@ def test_a_byte_identical_200_costs_no_parse(tmp_path, redis_url, http_server, m
     http_server.routes["/a"] = (200, RSS, body)  # no ETag, no Last-Modified: always a 200
     service = make_service(tmp_path, redis_url, [feed(http_server, "/a")])
     parses = []
-    real_parse = pipeline.parse_feed
-    monkeypatch.setattr(pipeline, "parse_feed",
+    real_parse = service.parse  # parse_feed, bounded (Service.parse)
+    monkeypatch.setattr(service, "parse",
                         lambda *args, **kwargs: parses.append(1) or real_parse(*args, **kwargs))
     assert service.run_once()["new_items"] == 1
     assert service.run_once()["new_items"] == 0

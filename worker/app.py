@@ -135,6 +135,30 @@ def _worker_init(**_: object) -> None:
     init_sentry("worker")
 
 
+@signals.worker_init.connect
+def _load_configuration(**_: object) -> None:
+    """Load the configuration before the pool starts: prefork children inherit it, so a child
+    that starts while the folder holds a bad edit still runs on the last good configuration."""
+    import logging
+
+    from worker.errors import ConfigError
+    from worker.tasks import service
+
+    try:
+        service().config()
+    except ConfigError as exc:  # the tasks that need it fail and run again later
+        logging.getLogger("newsmon").error("configuration not loaded at start:\n%s", exc)
+
+
+@signals.worker_process_init.connect
+def _prefork_child(**_: object) -> None:
+    """A prefork pool child: Celery's time limits end a stuck task here, so parsing runs in
+    the task itself (elsewhere it runs in a child process with a deadline)."""
+    from worker import service
+
+    service.ISOLATE_PARSE = False
+
+
 @signals.beat_init.connect
 def _beat_init(**_: object) -> None:
     from worker.sentry import init_sentry

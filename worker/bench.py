@@ -14,6 +14,7 @@ import resource
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -371,15 +372,20 @@ class QuietHandler(BaseHTTPRequestHandler):
         pass
 
 
-def loopback_server(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
-    """A threaded server on 127.0.0.1 (a free port) that copes with bursts of connections."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def loopback_server(handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1",
+                    port: int = 0) -> ThreadingHTTPServer:
+    """A threaded server on a loopback address (a free port by default) that copes with bursts
+    of connections."""
+    server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     server.request_queue_size = 256
     return server
 
 
 # -- one poll cycle over many feeds --------------------------------------------------------------
+POLL_HOSTS = tuple(f"127.0.1.{h}" for h in range(1, 33))
+
+
 def _serve_feeds(port_queue: Any, n_feeds: int, changed_every: int,
                  unchanged: tuple[int, int] | None = None, vary_bytes: bool = False) -> None:
     """A loopback feed server (own process): every ``changed_every``-th feed has 5 new items per
@@ -411,8 +417,14 @@ def _serve_feeds(port_queue: Any, n_feeds: int, changed_every: int,
                 body += f"<!-- cycle {cycle['n']} -->".encode()
             self.reply(200, body, {"ETag": etag, "Content-Type": "application/rss+xml"})
 
-    server = loopback_server(Handler)
-    port_queue.put(server.server_address[1])
+    # Feeds spread over POLL_HOSTS loopback addresses: at most 2 requests go to one host at a
+    # time from all workers together, as with real feeds on many sites.
+    server = loopback_server(Handler, POLL_HOSTS[0])
+    port = server.server_address[1]
+    for host in POLL_HOSTS[1:]:
+        threading.Thread(target=loopback_server(Handler, host, port).serve_forever,
+                         daemon=True).start()
+    port_queue.put(port)
     server.serve_forever()
 
 
@@ -447,7 +459,8 @@ def _poll_cycle(quick: bool, mix: dict[str, Any]) -> None:
     with _redis() as url, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "config"
         folder.mkdir()
-        feeds = [FeedConfig(url=f"http://127.0.0.1:{port}/f/{i}", name=f"f{i}", full_text="never")
+        feeds = [FeedConfig(url=f"http://{POLL_HOSTS[i % len(POLL_HOSTS)]}:{port}/f/{i}",
+                            name=f"f{i}", full_text="never")
                  for i in range(n)]
         import yaml
 
@@ -459,7 +472,7 @@ def _poll_cycle(quick: bool, mix: dict[str, Any]) -> None:
                                       "NEWSMON_ALLOW_NETWORKS": "127.0.0.0/8"})
         service = Service(settings, url)
         service.run_once(workers=64)  # first sight: every feed has content; sets the ETags
-        httpx.get(f"http://127.0.0.1:{port}/next-cycle")
+        httpx.get(f"http://{POLL_HOSTS[0]}:{port}/next-cycle")
         cpu0, wall0 = time.process_time(), time.perf_counter()
         summary = service.run_once(workers=64)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -484,6 +497,7 @@ def run_benchmarks(quick: bool = False, only: set[str] | None = None,
     from worker.bench_deliver import bench_deliver
     from worker.bench_hostile import bench_hostile
     from worker.bench_latency import bench_latency
+    from worker.bench_scale import bench_scale
     from worker.bench_state import bench_state
     from worker.corpus import bench_corpus
 
@@ -492,6 +506,7 @@ def run_benchmarks(quick: bool = False, only: set[str] | None = None,
         "dedupe": bench_dedupe, "poll": bench_poll,
         "latency": bench_latency, "deliver": bench_deliver, "unchanged": bench_unchanged,
         "hostile": bench_hostile, "corpus": lambda quick: bench_corpus(corpus), "state": bench_state,
+        "scale": bench_scale,
     }
     # The synthetic feeds' items are old, so every feed is stale: keep warnings out of the figures.
     logging.getLogger("newsmon").setLevel(logging.ERROR)

@@ -339,15 +339,20 @@ def notify_problems(cfg: Config) -> list[str]:
               help="Configuration folder, or one YAML file.")
 @click.option("--once", is_flag=True, help="Poll every feed once, process everything, exit.")
 @click.option("--concurrency", type=int, default=16, show_default=True,
-              help="Worker threads (fetching is network-bound).")
+              help="Fetch threads (fetching waits on the network).")
+@click.option("--processes", type=int, default=None,
+              help="Processes for the CPU work (normalize, dedupe, match)  [default: cores]")
+@click.option("--deliver-concurrency", type=int, default=8, show_default=True,
+              help="Delivery threads (webhooks and notifications).")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="With --once: seconds to wait for the new alerts' deliveries.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
               help="newsmon's log level (default: NEWSMON_LOG_LEVEL, else info); debug also "
                    "shows Celery's own lines and banner.")
-def run(config: str | None, once: bool, concurrency: int, timeout: float,
-        log_level: str | None) -> None:
-    """Run the worker and the scheduler together (or one pass with --once)."""
+def run(config: str | None, once: bool, concurrency: int, processes: int | None,
+        deliver_concurrency: int, timeout: float, log_level: str | None) -> None:
+    """Run the workers and the scheduler together (or one pass with --once): one pool per kind
+    of work (schedule, fetch, process, deliver), see docs/scaling.md."""
     from worker.checks import config_problems, referenced_variables
 
     settings = _settings(config, log_level)
@@ -373,7 +378,9 @@ def run(config: str | None, once: bool, concurrency: int, timeout: float,
                 Store.from_settings(settings, url).r.ping()  # unreachable: one line, not retries
                 _broker(settings, url)  # a broker this deployment can use, before Celery
                 log.info("%s", startup_summary(settings, cfg, url, embedded=server is not None))
-                code = _run_celery(settings, url, concurrency, lock)
+                sizes = {"fetch": concurrency, "deliver": deliver_concurrency,
+                         **({"process": processes} if processes else {})}
+                code = _run_celery(settings, url, sizes, lock)
         finally:
             if server:
                 server.stop()
@@ -439,44 +446,68 @@ def _delivery_summary(states: dict[str, int]) -> str:
         "; the rest stay in the outbox for the next run" if left else "")
 
 
-def _run_celery(settings: Settings, url: str, concurrency: int,
+def _run_celery(settings: Settings, url: str, sizes: dict[str, int],
                 lock: embedded.DataDirLock) -> int:
-    """Worker with embedded beat as a child; SIGTERM stops it within SHUTDOWN_GRACE seconds.
-    The child dies with us even if we are SIGKILLed (parent-death signal)."""
+    """One Celery worker per pool (see worker/layout.py), the beat inside the schedule
+    worker; SIGTERM stops them within SHUTDOWN_GRACE seconds. If one of them dies, the others
+    are stopped too and its exit code is returned (a supervisor restarts the whole). The
+    children die with us even if we are SIGKILLed (parent-death signal)."""
+    from worker.layout import POOLS, worker_argv
+
     data_dir = settings.data_dir.resolve()
     env = {**os.environ, "REDIS_URL": url, "NEWSMON_CONFIG": str(settings.config_dir.resolve()),
            "NEWSMON_DATA_DIR": str(data_dir), "NEWSMON_LOG_LEVEL": settings.log_level,
            "NEWSMON_DUMP_DIR": str(settings.dump_dir.resolve())}
+    if settings.metrics_port is not None:  # one folder for every pool: one port serves them all
+        shared = data_dir / "metrics" / f"run-{os.getpid()}"
+        shared.mkdir(parents=True, exist_ok=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(shared)
     loud = settings.log_level == "debug"
-    cmd = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--beat",
-           "--queues", "schedule,fetch,process,deliver", "--pool", "threads",
-           "--concurrency", str(concurrency), "--loglevel", "INFO" if loud else "WARNING",
-           "--schedule", str(data_dir / "celerybeat-schedule")]
-    if not loud or settings.log_format == "json":
-        cmd.insert(3, "--quiet")  # no start-up banner (and with JSON logs every line is JSON)
-    child = subprocess.Popen(cmd, env=env, **embedded.child_options(signal.SIGTERM))
-    lock.add_child(child.pid)
-    stopping = []
+    children = []
+    for pool in POOLS:
+        schedule = str(data_dir / "celerybeat-schedule") if pool.queue == "schedule" else None
+        # No start-up banner unless debugging (and with JSON logs every line is JSON).
+        argv = worker_argv(pool, sizes.get(pool.queue), beat_schedule=schedule,
+                           quiet=not loud or settings.log_format == "json")
+        argv[argv.index("--loglevel") + 1] = "INFO" if loud else "WARNING"
+        own = dict(env)
+        if pool.queue != "schedule":
+            own.pop("NEWSMON_METRICS_PORT", None)
+        child = subprocess.Popen([sys.executable, "-m", "celery", *argv], env=own,
+                                 **embedded.child_options(signal.SIGTERM))
+        lock.add_child(child.pid)
+        children.append(child)
+    stopping: list[float] = []
 
     def stop(signum: int, _frame: Any) -> None:
-        stopping.append(time.monotonic())
-        child.send_signal(signal.SIGTERM)
+        if not stopping:
+            stopping.append(time.monotonic())
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    failed: int | None = None
     try:
-        while True:
-            try:
-                code = child.wait(timeout=0.5)
-                return 0 if stopping else code
-            except subprocess.TimeoutExpired:
-                if stopping and time.monotonic() - stopping[0] > SHUTDOWN_GRACE:
-                    log.warning("tasks still running after %ss: stopping them (they run again "
-                                "later)", SHUTDOWN_GRACE)
-                    child.kill()
-    finally:  # the worker's own children (its beat) go with it
-        with contextlib.suppress(OSError):
-            os.killpg(child.pid, signal.SIGKILL)
+        while any(child.poll() is None for child in children):
+            ended = [child.returncode for child in children if child.returncode is not None]
+            if ended and not stopping:
+                failed = ended[0]
+                log.error("a worker pool exited (code %s): stopping the others", failed)
+                stop(signal.SIGTERM, None)
+            if stopping and time.monotonic() - stopping[0] > SHUTDOWN_GRACE:
+                log.warning("tasks still running after %ss: stopping them (they run again "
+                            "later)", SHUTDOWN_GRACE)
+                for child in children:
+                    if child.poll() is None:
+                        child.kill()
+            time.sleep(0.5)
+        return failed if failed is not None else 0
+    finally:  # the workers' own children (the beat, pool processes) go with them
+        for child in children:
+            with contextlib.suppress(OSError):
+                os.killpg(child.pid, signal.SIGKILL)
 
 
 # -- views ------------------------------------------------------------------------------------
@@ -864,7 +895,7 @@ def webhook_list(config: str | None) -> None:
 
 
 BENCH_PARTS = ("parse", "match", "backtest", "dedupe", "poll", "latency", "deliver", "unchanged",
-               "hostile", "corpus", "state")
+               "hostile", "corpus", "state", "scale")
 
 
 @main.command()
@@ -891,8 +922,9 @@ def bench(quick: bool, only: tuple[str, ...], corpus: str | None, parts: tuple[s
 @click.option("--component", type=click.Choice(["all", "worker", "beat"]), default="all",
               show_default=True,
               help="all: Redis, the broker, a recent beat tick and any worker; worker: Redis, "
-                   "the broker and the worker of this host (celery@HOSTNAME); beat: Redis, the "
-                   "broker and a recent beat tick. Liveness probes check their own component.")
+                   "the broker and the worker pools of this host (fetch@HOSTNAME, ...); beat: "
+                   "Redis, the broker and a recent beat tick. Liveness probes check their own "
+                   "component.")
 def health(max_beat_age: float | None, component: str) -> None:
     """Exit 0 when the state store and the broker answer, the beat tick is recent and a worker
     answers a ping; else print a one-line reason and exit 1."""
@@ -934,8 +966,9 @@ def health(max_beat_age: float | None, component: str) -> None:
         import socket
 
         from worker.app import app
+        from worker.layout import node_names
 
-        here = [f"celery@{socket.gethostname()}"] if component == "worker" else None
+        here = node_names(socket.gethostname()) if component == "worker" else None
         replies = app.control.ping(destination=here, timeout=2.0)
         if not replies:
             _unhealthy(f"no worker{' on this host' if here else ''} answered a ping within 2 s")

@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextvars
 import ipaddress
 import os
+import random
 import re
 import socket
 import ssl
 import sys
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Protocol
 
 import httpcore
 import httpx
@@ -596,14 +599,17 @@ class Fetcher:
         total_timeout: float = 30.0,
         max_redirects: int = 5,
         per_host: int = 2,
+        leases: HostLeaseTable | None = None,
     ):
         self.max_bytes = max_bytes
         self.connect_timeout = connect_timeout
         self.total_timeout = total_timeout
         self.max_redirects = max_redirects
         self.per_host = per_host
-        self._host_slots: dict[str, threading.BoundedSemaphore] = {}
-        self._host_slots_lock = threading.Lock()
+        # Article pages may hold all but one of a host's slots: full text never starves polls.
+        self.page_budget = max(1, per_host - 1)
+        # Shared by every worker when given (the state store's HostLeases), else this process's.
+        self.leases = leases or LocalHostLeases()
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
         self._client = httpx.Client(
             transport=_guarded_transport(parse_networks(allow_networks), limits),
@@ -622,11 +628,13 @@ class Fetcher:
         etag: str | None = None,
         last_modified: str | None = None,
         accept: str = FEED_ACCEPT,
+        kind: str = "feed",
     ) -> FetchResult:
         """GET ``url``, following up to ``max_redirects`` redirects; raise FetchError on failure.
 
         With ``etag``/``last_modified`` the request is conditional, and a 304 comes back as
-        ``not_modified=True`` with empty content.
+        ``not_modified=True`` with empty content. ``kind`` "page" (an article page) uses the
+        host's page budget, so full text never takes every slot of a host.
         """
         started = time.monotonic()
         headers = {"Accept": accept}
@@ -638,7 +646,7 @@ class Fetcher:
         with self._deadline_in(self.total_timeout):
             for _hop in range(self.max_redirects + 1):
                 with self._exchange(
-                    "GET", hop_url, headers, self.connect_timeout, self.total_timeout
+                    "GET", hop_url, headers, self.connect_timeout, self.total_timeout, kind=kind
                 ) as response:
                     target = _redirect_target(response)
                     if target is None:
@@ -700,12 +708,13 @@ class Fetcher:
         connect_timeout: float,
         total_timeout: float,
         content: bytes | None = None,
+        kind: str = "feed",
     ) -> Iterator[httpx.Response]:
         """One request in a per-host slot, its response streamed, every error a FetchError."""
         timeout = httpx.Timeout(total_timeout, connect=connect_timeout)
         with _as_fetch_errors(url, connect_timeout, total_timeout):
             parsed = _checked_url(url)
-            with self._host_slot(parsed.raw_host.decode("ascii")):
+            with self._host_slot(parsed.raw_host.decode("ascii"), kind):
                 request = self._client.build_request(
                     method, parsed, headers=headers, content=content, timeout=timeout
                 )
@@ -740,18 +749,71 @@ class Fetcher:
             _request_deadline.reset(token)
 
     @contextmanager
-    def _host_slot(self, host: str) -> Iterator[None]:
-        """At most ``per_host`` requests to one host at a time, from all threads together."""
-        with self._host_slots_lock:
-            slot = self._host_slots.setdefault(host, threading.BoundedSemaphore(self.per_host))
-        deadline = _request_deadline.get()
-        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not slot.acquire(timeout=wait):
-            raise TransientFetchError(f"timed out waiting for a free connection to {host}")
+    def _host_slot(self, host: str, kind: str) -> Iterator[None]:
+        """At most ``per_host`` requests to one host at a time (pages: ``page_budget`` of them),
+        from every thread, and every worker when the leases are shared; waits until the
+        request's deadline. A lease lasts until that deadline, so a dead holder frees it."""
+        deadline = _request_deadline.get() or time.monotonic() + self.total_timeout
+        budget = self.page_budget if kind == "page" else 0
+        token = uuid.uuid4().hex
+        pause = 0.01
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransientFetchError(f"timed out waiting for a free connection to {host}")
+            if self.leases.acquire(host, kind, token, left + 1.0, self.per_host, budget):
+                break
+            time.sleep(min(pause * random.uniform(0.5, 1.5), left))
+            pause = min(pause * 2, 0.25)
         try:
             yield
         finally:
-            slot.release()
+            self.leases.release(host, kind, token)
+
+
+class HostLeaseTable(Protocol):
+    """Connection leases per host (``store.HostLeases`` shares them between workers)."""
+
+    def acquire(self, host: str, kind: str, token: str, seconds: float, total: int,
+                budget: int = 0) -> bool: ...
+
+    def release(self, host: str, kind: str, token: str) -> None: ...
+
+
+class LocalHostLeases:
+    """The leases of one process, with the semantics of ``store.HostLeases``. A host is in the
+    table only while a lease on it is live, so the table never outgrows the requests in flight."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, dict[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, host: str, kind: str, token: str, seconds: float, total: int,
+                budget: int = 0) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            held = {m: end for m, end in self._held.get(host, {}).items() if end > now}
+            mine = sum(1 for m in held if m.startswith(kind + ":"))
+            granted = len(held) < total and not (budget and mine >= budget)
+            if granted:
+                held[f"{kind}:{token}"] = now + seconds
+            if held:
+                self._held[host] = held
+            else:
+                self._held.pop(host, None)
+            return granted
+
+    def release(self, host: str, kind: str, token: str) -> None:
+        with self._lock:
+            held = self._held.get(host, {})
+            held.pop(f"{kind}:{token}", None)
+            if not held:
+                self._held.pop(host, None)
+
+    def hosts(self) -> int:
+        """How many hosts the table holds now."""
+        with self._lock:
+            return len(self._held)
 
 
 def _set_location_aside(response: httpx.Response) -> None:

@@ -55,9 +55,14 @@ class Fresh:
 Submit = Callable[[FeedConfig, ParsedFeed, list[Fresh]], None]
 
 
+Parse = Callable[..., ParsedFeed]  # parse_feed(data, content_type, *, url, timezone)
+
+
 def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
-              submit: Submit, *, corrections: bool = False) -> dict[str, Any]:
+              submit: Submit, parse: Parse = parse_feed, *,
+              corrections: bool = False) -> dict[str, Any]:
     """Fetch one feed and hand its new entries to ``submit``; record the outcome on the feed.
+    ``parse`` is ``parse_feed`` or a bounded stand-in for it (see Service.parse).
 
     The feed's validators (ETag, Last-Modified) and the ids of its document are saved only
     after its entries were handed on, so a crash in between means a refetch, never a lost
@@ -67,7 +72,7 @@ def poll_feed(feed: FeedConfig, store: Store, fetcher: Fetcher, now: float,
     outcome: dict[str, Any] = {"url": redact_url(feed.url), "last_fetch": now, "new_items": 0}
     ids = {"feed": feed.name}
     try:
-        parsed = read_feed(feed, state, fetcher, outcome)
+        parsed = read_feed(feed, state, fetcher, outcome, parse)
         if parsed is None:  # 304, or a 200 with the bytes of the last successful parse
             outcome.update(failures=0, error="", last_ok=now)
             log.debug("feed=%s outcome=%s status=%s", feed.name,
@@ -110,7 +115,7 @@ def hand_on(feed: FeedConfig, parsed: ParsedFeed, store: Store, fetcher: Fetcher
 
 
 def read_feed(feed: FeedConfig, state: dict[str, str], fetcher: Fetcher,
-              outcome: dict[str, Any]) -> ParsedFeed | None:
+              outcome: dict[str, Any], parse: Parse = parse_feed) -> ParsedFeed | None:
     """Fetch and parse the feed, noting status, validators and the body's digest in
     ``outcome``; None when there is nothing new to parse: a 304 ("not modified"), or a 200
     whose body is byte-identical to the last one parsed ("unchanged": many servers ignore
@@ -127,8 +132,8 @@ def read_feed(feed: FeedConfig, state: dict[str, str], fetcher: Fetcher,
     if digest == state.get("body_hash"):
         outcome.update(outcome="unchanged", **validators)
         return None
-    parsed = parse_feed(result.content, result.content_type, url=result.url or str(feed.url),
-                        timezone=feed.timezone)
+    parsed = parse(result.content, result.content_type, url=result.url or str(feed.url),
+                   timezone=feed.timezone)
     # saved with the outcome, so only after the entries are submitted; an answer that is no
     # feed raised above and keeps none of its validators
     outcome.update(body_hash=digest, **validators)
@@ -255,7 +260,7 @@ def full_text(feed: FeedConfig, entry: FeedEntry, fetcher: Fetcher) -> PageText 
     if not entry.link or not needs_full_text(feed.full_text, html_to_paragraphs(entry.content_html)):
         return None
     try:
-        page = fetcher.get(entry.link, accept="text/html,application/xhtml+xml")
+        page = fetcher.get(entry.link, accept="text/html,application/xhtml+xml", kind="page")
     except FetchError as exc:
         log.info("feed=%s full-text fetch failed url=%s reason=%s", feed.name, redact_url(entry.link),
                  exc.reason, extra={"feed": feed.name})

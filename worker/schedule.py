@@ -23,3 +23,16 @@ def next_due_after_failure(now: float, every: float, failures: int,
     """Exponential backoff: the interval doubled per consecutive failure, capped at 6 hours."""
     backoff = min(every * 2 ** min(max(failures, 1), 32), MAX_BACKOFF)
     return now + max(backoff, min(retry_after or 0.0, 86400.0))
+
+
+# -- configuration skew: workers that run different versions during a rollout ---------------------
+def fetch_decision(known_here: bool, same_version: bool, newest_here: bool) -> str:
+    """What a fetch task does with a feed handed out by a tick: "fetch" it, "give back" (due
+    again now, for a worker that runs the newest configuration) or "drop" (the newest
+    configuration no longer has it). A worker behind the newest version never drops or
+    fetches on its own older view of a feed it was not handed out with."""
+    if same_version and known_here:
+        return "fetch"
+    if not newest_here:
+        return "give back"
+    return "fetch" if known_here else "drop"

@@ -4,6 +4,7 @@ and its compiled watchlists. Tasks and ``newsmon run --once`` share it; it decid
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections import Counter
@@ -16,7 +17,7 @@ from concurrent.futures import (
 )
 from dataclasses import asdict
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 from worker.config import Config, ConfigWatcher, FeedConfig
@@ -31,19 +32,27 @@ from worker.deliver import (
     ping_webhook,
     webhook_digest,
 )
-from worker.errors import ConfigError
+from worker.errors import ConfigError, NotAFeedError
 from worker.fetch import Fetcher, parse_networks
+from worker.isolate import Isolated, StepTimeout
 from worker.match import Matcher, compile_watchlists
 from worker.models import FeedEntry, ParsedFeed
 from worker.normalize import PageText
+from worker.parse import parse_feed
 from worker.pipeline import Fresh, Submit, poll_feed, process_entries
 from worker.redact import remember
-from worker.schedule import CLAIM_LEASE
+from worker.schedule import CLAIM_LEASE, fetch_decision
 from worker.settings import Settings
 from worker.shaper import Shaper
-from worker.store import DeliveryClaim, Store
+from worker.store import ConfigVersion, DeliveryClaim, Store
 
 log = logging.getLogger("newsmon.service")
+PARSE_DEADLINE = 20.0  # seconds; a 15 MiB feed parses in about 5 s on one core
+PARSE_PROCESSES = max(1, os.cpu_count() or 1)  # parsing is CPU: one child per core
+# False in a Celery prefork child, where the task time limits already end a stuck parse.
+ISOLATE_PARSE = True
+REPORT_EVERY = 15.0  # seconds between reports of the configuration a process runs
+RESYNC_EVERY = 60.0  # seconds between full syncs of the configured feeds to the due set
 
 
 class Service:
@@ -56,6 +65,10 @@ class Service:
         self._matcher: tuple[int, Matcher] | None = None
         self._shaper: tuple[int, Shaper] | None = None
         self._secrets_of: Config | None = None
+        self._reported: tuple[str, float] | None = None   # digest reported, when
+        self._newest = ConfigVersion("", 0.0)
+        self._synced: tuple[str, float] | None = None      # digest synced to the due set, when
+        self._feeds: tuple[Config, dict[str, FeedConfig]] | None = None
 
     @cached_property
     def store(self) -> Store:
@@ -63,7 +76,8 @@ class Service:
 
     @cached_property
     def fetcher(self) -> Fetcher:
-        return Fetcher(self.settings.allow_networks)
+        """Feeds and article pages; connections per host are counted across every worker."""
+        return Fetcher(self.settings.allow_networks, leases=self.store.hosts)
 
     def config(self) -> Config:
         config = self.watcher.current()
@@ -90,26 +104,85 @@ class Service:
         return self.shaper().close(now, force)
 
     def feed(self, name: str) -> FeedConfig | None:
-        return next((f for f in self.config().feeds if f.name == name), None)
+        config = self.config()
+        if self._feeds is None or self._feeds[0] is not config:  # by name: 100,000 feeds scale
+            self._feeds = (config, {f.name: f for f in config.feeds})
+        return self._feeds[1].get(name)
 
     def due_feeds(self, now: float) -> list[FeedConfig]:
         """One beat tick: follow the configuration, then hand out each due feed once."""
         return [feed for feed, _ in self.hand_out(now)]
 
     def hand_out(self, now: float) -> list[tuple[FeedConfig, str]]:
-        """Like due_feeds, with the hand-out's token that the fetch must present."""
+        """Like due_feeds, with the hand-out's token that the fetch must present. Only a
+        process that runs the newest configuration acts, so a rollout never makes feeds flap."""
         config = self.config()
-        self.store.sync_feeds([f.name for f in config.feeds], now)
-        self.store.keep_disabled({webhook_digest(hook) for hook in config.webhooks.values()})
         self.store.mark_beat(now)
-        feeds = {f.name: f for f in config.feeds}
+        if not self.runs_newest_config(now, report=True):
+            log.info("tick left to a newer configuration: this process runs %s, the newest is %s",
+                     self.watcher.version[0], self._newest.digest)
+            self._synced = None  # should this process act again, it syncs first
+            return []
+        # Sending every feed name costs O(feeds) each tick: only when this process's
+        # configuration changed, and every RESYNC_EVERY seconds in case Redis lost the due set.
+        digest = self.watcher.version[0]
+        if self._synced is None or self._synced[0] != digest or now - self._synced[1] > RESYNC_EVERY:
+            self.store.sync_feeds([f.name for f in config.feeds], now)
+            self._synced = (digest, now)
+        self.store.keep_disabled({webhook_digest(hook) for hook in config.webhooks.values()})
         token = uuid.uuid4().hex
-        return [(feeds[name], token) for name, _ in
-                self.store.claim_due(now, CLAIM_LEASE, token=token) if name in feeds]
+        return [(feed, token) for name, _ in self.store.claim_due(now, CLAIM_LEASE, token=token)
+                if (feed := self.feed(name)) is not None]
+
+    # -- configuration versions across processes -----------------------------------------------
+    def config_digest(self) -> str:
+        """The digest of the configuration this process runs (fetch tasks carry the tick's)."""
+        self.config()
+        return self.watcher.version[0]
+
+    def runs_newest_config(self, now: float, report: bool = False) -> bool:
+        """Whether this process runs the newest configuration any live process reported. It
+        reports its own at least every REPORT_EVERY seconds (``report``: now)."""
+        self.config()
+        mine = ConfigVersion(*self.watcher.version)
+        stale = self._reported is None or self._reported[0] != mine.digest or (
+            now - self._reported[1] > REPORT_EVERY)
+        if report or stale:
+            self._newest = self.store.versions.publish(mine, now)
+            self._reported = (mine.digest, now)
+        return self._newest.digest == mine.digest
+
+    def feed_to_fetch(self, name: str, digest: str | None, now: float) -> FeedConfig | None:
+        """The feed a fetch task handed out by a tick (with that tick's configuration digest)
+        should poll, or None; a process behind the newest configuration gives it back."""
+        feed = self.feed(name)
+        same = digest is None or digest == self.config_digest()
+        decision = fetch_decision(feed is not None, same, same or self.runs_newest_config(now))
+        if decision == "give back":
+            log.info("feed=%s given back: handed out with configuration %s, this process runs %s",
+                     name, digest, self.config_digest(), extra={"feed": name})
+            self.store.set_due(name, now)
+        return feed if decision == "fetch" else None
 
     def poll(self, feed: FeedConfig, submit: Submit) -> dict[str, Any]:
-        return poll_feed(feed, self.store, self.fetcher, time.time(), submit,
+        return poll_feed(feed, self.store, self.fetcher, time.time(), submit, self.parse,
                          corrections=bool(self.shaper().updating))
+    # -- parsing within a deadline -------------------------------------------------------------
+    @cached_property
+    def isolated(self) -> Isolated:
+        return Isolated(PARSE_PROCESSES)
+
+    def parse(self, data: bytes, content_type: str | None, *, url: str,
+              timezone: str | None = None) -> ParsedFeed:
+        """``parse_feed`` within PARSE_DEADLINE: in a child process that is killed past it,
+        unless Celery's own time limits bound this process (a prefork pool child)."""
+        if not ISOLATE_PARSE:
+            return parse_feed(data, content_type, url=url, timezone=timezone)
+        try:
+            return self.isolated.call(partial(parse_feed, url=url, timezone=timezone), data,
+                                      content_type, deadline=PARSE_DEADLINE)
+        except StepTimeout as exc:
+            raise NotAFeedError(f"parsing {exc}") from None
 
     def process(self, feed: FeedConfig, parsed: ParsedFeed, items: list[Fresh]) -> list[str]:
         return process_entries(feed, parsed, items, self.store, self.matcher(),

@@ -25,6 +25,11 @@ Times given to the store are the caller's clock (``now``): expiry is absolute (P
 ``now`` + lifetime) and liveness is read from stored times, so the store behaves the same on a
 simulated clock (the soak benchmark) as on the wall clock.
 
+Scale-out slots (the block at the end of this module):
+
+    {h:<host>}     one host: the connection leases every worker holds to it
+    {config}       the configuration versions processes run (a rollout)
+
 Delivery: an alert enters the outbox as its bare id. Whoever claims it first lists its
 destinations ("webhook:{name}", "notify:{scheme}:{digest}") and replaces it by one member
 "alert id|dest" each, or marks the alert "recorded" when it has none. Claiming a member moves
@@ -193,6 +198,14 @@ LIFETIMES: list[Lifetime] = [
     Lifetime("{out}:disabled", "hash", "config",
              "410-disabled webhook digests: a digest no longer configured is dropped each tick"),
     Lifetime("{out}:stats", "hash", "fixed", "counter: alerts"),
+    Lifetime("{h:<host>}:leases", "zset", "ttl",
+             "connection leases to a host (\"feed:\"/\"page:\" + token -> lease end): expires "
+             "with its longest lease, ended leases trimmed by every grant"),
+    Lifetime("{config}:versions", "zset", "trim",
+             "configuration digest -> version (its files' newest mtime): trimmed with "
+             "{config}:held"),
+    Lifetime("{config}:held", "zset", "trim",
+             "configuration digest -> when a process last said it runs it: left after 10 min"),
 ]
 
 
@@ -601,6 +614,8 @@ class Store:
         self._forget_alerts = client.register_script(_FORGET_ALERTS)
         self.index = RedisStoryIndex(self)
         self._cycle_step = client.register_script(_CYCLE_STEP)
+        self.hosts = HostLeases(client, prefix)          # scale-out block, end of module
+        self.versions = ConfigVersions(client, prefix)
 
     @classmethod
     def from_url(cls, url: str, retention_days: float = 30.0,
@@ -662,6 +677,11 @@ class Store:
     def set_due(self, name: str, when: float) -> None:
         # XX: a feed removed from the configuration while it was being fetched stays removed.
         self.r.zadd(self.keys.due, {name: when}, xx=True)
+
+    def set_due_many(self, names: list[str], when: float, chunk: int = 10_000) -> None:
+        """``set_due`` for many feeds at once (in pipelined chunks)."""
+        for start in range(0, len(names), chunk):
+            self.r.zadd(self.keys.due, dict.fromkeys(names[start:start + chunk], when), xx=True)
 
     def due_times(self) -> dict[str, float]:
         return dict(self.r.zrange(self.keys.due, 0, -1, withscores=True))
@@ -1643,3 +1663,105 @@ class ShapingStore:
             return seq
         self.r.hsetnx(key, field, seq)
         return int(self.r.hget(key, field))
+
+
+# -- scale-out: politeness across workers, configuration versions --------------------------------
+# Each script touches one key family of one hash tag (one host, or the configuration), so it
+# runs unchanged on Redis Cluster.
+
+# Grant a connection lease to one host unless it has ``total`` live leases already, or ``kind``
+# has its own budget and ``budget`` of them. Times are the server's, so workers' clocks need not
+# agree (the one family not on the caller's clock: a lease is a request's few seconds, and no
+# simulated clock drives requests). KEYS: {h:<host>}:leases. ARGV: seconds, member
+# ("kind:token"), total, kind budget (0: none), kind. Returns 1 when granted.
+_GRANT_HOST = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local ends = now + tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #held >= tonumber(ARGV[3]) then return 0 end
+local budget = tonumber(ARGV[4])
+if budget > 0 then
+  local mine, prefix = 0, ARGV[5] .. ':'
+  for _, m in ipairs(held) do
+    if string.sub(m, 1, #prefix) == prefix then mine = mine + 1 end
+  end
+  if mine >= budget then return 0 end
+end
+redis.call('ZADD', KEYS[1], ends, ARGV[2])
+local ttl = math.ceil((ends - now) * 1000)
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+# Say that a process runs configuration ``hash`` of version ``version`` and return the newest
+# version any live process runs. KEYS: {config}:versions, {config}:held. ARGV: hash, version,
+# now, hold (seconds a report stays live). Returns {hash, version} of the newest.
+_PUBLISH_CONFIG = """
+local now, hold = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - hold)) do
+  redis.call('ZREM', KEYS[2], gone)
+  redis.call('ZREM', KEYS[1], gone)
+end
+local newest = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {newest[1], newest[2]}
+"""
+
+
+class HostLeases:
+    """At most ``total`` connections to one host at a time, from every worker together.
+
+    A lease ends by itself (its holder may die), so its length is the request's deadline."""
+
+    def __init__(self, client: redis.Redis, prefix: str = PREFIX):
+        self.r = client
+        self.p = prefix
+        self._grant = client.register_script(_GRANT_HOST)
+
+    def key(self, host: str) -> str:
+        return f"{self.p}{{h:{host}}}:leases"
+
+    def acquire(self, host: str, kind: str, token: str, seconds: float, total: int,
+                budget: int = 0) -> bool:
+        """Take one of ``host``'s ``total`` slots for ``seconds`` (``budget``: at most that many
+        for this ``kind``); False when none is free now."""
+        return bool(self._grant(keys=[self.key(host)], args=[
+            seconds, f"{kind}:{token}", total, budget, kind]))
+
+    def release(self, host: str, kind: str, token: str) -> None:
+        self.r.zrem(self.key(host), f"{kind}:{token}")
+
+    def held(self, host: str) -> int:
+        """Live leases on ``host`` now."""
+        seconds, micros = self.r.time()
+        return int(self.r.zcount(self.key(host), f"({seconds + micros / 1e6}", "+inf"))
+
+
+@dataclass(frozen=True)
+class ConfigVersion:
+    """A configuration as processes report it: its content hash and its version (the newest
+    modification time of its files, so the order does not depend on when a process started)."""
+
+    digest: str
+    version: float
+
+
+CONFIG_HOLD = 600.0  # a version no process has reported for this long no longer counts
+
+
+class ConfigVersions:
+    """Which configuration is the newest that any live process runs."""
+
+    def __init__(self, client: redis.Redis, prefix: str = PREFIX):
+        self.r = client
+        self.keys = [f"{prefix}{{config}}:versions", f"{prefix}{{config}}:held"]
+        self._publish = client.register_script(_PUBLISH_CONFIG)
+
+    def publish(self, mine: ConfigVersion, now: float, hold: float = CONFIG_HOLD) -> ConfigVersion:
+        """Report ``mine`` as running here; returns the newest version reported live."""
+        digest, version = self._publish(keys=self.keys,
+                                        args=[mine.digest, mine.version, now, hold])
+        return ConfigVersion(digest, float(version))

@@ -70,11 +70,12 @@ def tick() -> None:
     handed = service().hand_out(time.time())
     if not handed:
         return
+    digest = service().config_digest()
     cycle = uuid.uuid4().hex  # the feeds handed out together: one summary line when all done
     service().store.open_cycle(cycle, len(handed))
     for feed, token in handed:
         # dropped by the worker once its lease is over: the feed is handed out anew by then
-        fetch.apply_async((feed.name, cycle, token), expires=CLAIM_LEASE)
+        fetch.apply_async((feed.name, cycle, token, digest), expires=CLAIM_LEASE)
 
 
 @app.task(base=NewsmonTask, name="newsmon.heartbeat")
@@ -84,16 +85,19 @@ def heartbeat() -> None:
 
 
 @app.task(base=NewsmonTask, name="newsmon.fetch")
-def fetch(feed_name: str, cycle: str = "", token: str = "") -> None:
+def fetch(feed_name: str, cycle: str = "", token: str = "",
+          config_digest: str | None = None) -> None:
+    """Poll one feed handed out by a tick: ``token`` is the hand-out's, ``config_digest`` the
+    tick's configuration (both empty in messages queued by older versions)."""
     tag(feed=feed_name)
     if token and not service().store.begin_fetch(feed_name, token, time.time()):
         log.info("feed=%s hand-out %s already used or past its lease: skipped", feed_name, token,
                  extra={"feed": feed_name})
         service().cycle_step(cycle, polled=1)  # its cycle still completes
         return
-    feed = service().feed(feed_name)
+    feed = service().feed_to_fetch(feed_name, config_digest, time.time())
     outcome: dict[str, Any] = {}
-    if feed is not None:  # removed from the configuration meanwhile
+    if feed is not None:  # None: removed from the configuration, or given back (a rollout)
         outcome = service().poll(feed, partial(submit_to_queue, cycle=cycle))
     failed = outcome.get("outcome") == "failed"
     service().cycle_step(cycle, feed_name if failed else "", polled=1,
