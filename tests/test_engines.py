@@ -289,7 +289,12 @@ def test_queue_depths_come_from_the_broker_in_use(redis_url, amqp_url):
         queue.close()
     expected = {"schedule": 0, "fetch": 3, "process": 0, "deliver": 0}
     # a quorum queue's message count lags its publishes by a moment under load
-    wait_until(lambda: queue_depths(broker, QUEUES) == expected, 10, "the three messages counted")
+    depths: dict[str, int] = {}
+    try:
+        wait_until(lambda: depths.update(queue_depths(broker, QUEUES)) or depths == expected, 30,
+                   "the three messages counted")
+    finally:
+        print("depths", depths)
     store = Store.from_url(redis_url)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in ClusterCollector(store, QUEUES, broker).collect()
