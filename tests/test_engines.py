@@ -125,13 +125,13 @@ def test_state_redis_is_the_broker_unless_celery_broker_url_names_one():
 
 
 def test_sentinel_state_is_also_a_sentinel_broker_with_its_master_name():
-    settings = Settings.from_env({"REDIS_URL": "redis://:pw@h1:26379,h2:26380/2",
+    settings = Settings.from_env({"REDIS_URL": "redis://:pw@h1:26401,h2:26380/2",
                                   **sentinel_env()})
     broker = resolve(settings, settings.redis_url)
-    assert broker.url == "sentinel://:pw@h1:26379;sentinel://h2:26380/2"
+    assert broker.url == "sentinel://:pw@h1:26401;sentinel://h2:26380/2"
     assert broker.transport_options["master_name"] == engines.SENTINEL_MASTER
     assert sentinel_broker_url("redis://h1") == "sentinel://h1/0"
-    assert redact(broker.url) == "sentinel://***@h1:26379;sentinel://h2:26380/2"
+    assert redact(broker.url) == "sentinel://***@h1:26401;sentinel://h2:26380/2"
 
 
 def test_a_cluster_or_sentinel_without_what_it_needs_is_refused():
@@ -139,13 +139,13 @@ def test_a_cluster_or_sentinel_without_what_it_needs_is_refused():
         resolve(Settings.from_env({"REDIS_URL": "redis://n:7000", "NEWSMON_REDIS_MODE":
                                    "cluster"}), "redis://n:7000")
     with pytest.raises(ConfigError, match="NEWSMON_REDIS_MASTER"):
-        Settings.from_env({"REDIS_URL": "redis://s:26379", "NEWSMON_REDIS_MODE": "sentinel"})
+        Settings.from_env({"REDIS_URL": "redis://s:26401", "NEWSMON_REDIS_MODE": "sentinel"})
     with pytest.raises(ConfigError, match="needs REDIS_URL"):
         Settings.from_env({"NEWSMON_REDIS_MODE": "cluster"})
     with pytest.raises(ConfigError, match="standalone, cluster, sentinel"):
         Settings.from_env({"NEWSMON_REDIS_MODE": "proxy"})
     with pytest.raises(ConfigError, match="NEWSMON_REDIS_MASTER"):
-        resolve(Settings.from_env({"CELERY_BROKER_URL": "sentinel://s:26379"}), "redis://r")
+        resolve(Settings.from_env({"CELERY_BROKER_URL": "sentinel://s:26401"}), "redis://r")
     with pytest.raises(ConfigError, match="amqp://"):
         resolve(Settings.from_env({"CELERY_BROKER_URL": "sqs://"}), "redis://r")
 
