@@ -186,13 +186,7 @@ def bench_match(quick: bool) -> None:
             builds[n] = time.perf_counter() - start
     # Rounds alternate between the matchers and each keeps its best round, so that load from
     # other processes, which comes and goes, does not land on one term count only.
-    best = dict.fromkeys(matchers, float("inf"))
-    runs = 100 if quick else 200
-    for _ in range(10 if quick else 20):
-        for key, matcher in matchers.items():
-            per = _timed(lambda m=matcher: [m.match("Japan buys LNG", text) for _ in range(runs)],
-                         1) / runs
-            best[key] = min(best[key], per)
+    best = _best_rounds(matchers, text, quick)
     print("match   one 5 KB article of news prose; terms in 100 watchlists, one automaton")
     print("        terms      no term found         3 terms found (10 matches)   build")
     for n in sizes:
@@ -238,13 +232,7 @@ def _bench_queries(text: str, vocabulary: list[str], quick: bool) -> None:
             start = time.perf_counter()
             matchers[n, hits] = compile_watchlists(_query_watchlists(n, vocabulary, bool(hits)))
             builds[n] = time.perf_counter() - start
-    best = dict.fromkeys(matchers, float("inf"))
-    runs = 100 if quick else 200
-    for _ in range(10 if quick else 20):
-        for key, matcher in matchers.items():
-            per = _timed(lambda m=matcher: [m.match("Japan buys LNG", text) for _ in range(runs)],
-                         1) / runs
-            best[key] = min(best[key], per)
+    best = _best_rounds(matchers, text, quick)
     fired = len(matchers[10, 1].match("Japan buys LNG", text))
     print("match   the same article; query watchlists of 5 terms each "
           "(a NEAR/5 b AND (c OR d) AND NOT e), one automaton")
@@ -336,6 +324,18 @@ def _bench_dedupe_redis(texts: list[tuple[str, str]], quick: bool) -> None:
         per = (time.perf_counter() - t0) / len(arts)
         print(f"        with the Redis story index (one script call)  {per * 1000:.2f} ms/article")
         store.r.flushdb()
+
+
+def _best_rounds(matchers: dict[Any, Any], text: str, quick: bool) -> dict[Any, float]:
+    """Seconds per match of ``text`` for each matcher, the best of several rounds."""
+    best = dict.fromkeys(matchers, float("inf"))
+    runs = 100 if quick else 200
+    for _ in range(10 if quick else 20):
+        for key, matcher in matchers.items():
+            per = _timed(lambda m=matcher: [m.match("Japan buys LNG", text) for _ in range(runs)],
+                         1) / runs
+            best[key] = min(best[key], per)
+    return best
 
 
 class _redis:

@@ -14,12 +14,13 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from html import escape
 from pathlib import Path
 from typing import Any
+
+from worker.fetch import FetchResult
 
 DAY = 86400.0
 
@@ -35,19 +36,6 @@ end
 return res[1]
 """
 
-
-@dataclass
-class _Result:
-    """What the simulated fetcher answers (the fields the pipeline reads of a FetchResult)."""
-
-    url: str
-    status: int
-    content: bytes
-    content_type: str | None
-    etag: str | None
-    last_modified: str | None
-    not_modified: bool
-    elapsed: float = 0.0
 
 
 class SimulatedFeeds:
@@ -106,13 +94,13 @@ class SimulatedFetcher:
         self.feeds = feeds
 
     def get(self, url: str, etag: str | None = None, last_modified: str | None = None,
-            accept: str | None = None) -> _Result:
+            accept: str | None = None) -> FetchResult:
         feed = int(url.rsplit("/", 1)[1])
         tag = f'"{self.feeds.version[feed]}"'
         if etag == tag:
-            return _Result(url, 304, b"", None, tag, None, True)
-        return _Result(url, 200, self.feeds.document(feed), "application/rss+xml", tag, None,
-                       False)
+            return FetchResult(url, 304, b"", None, tag, None, True, 0.0)
+        return FetchResult(url, 200, self.feeds.document(feed), "application/rss+xml", tag, None,
+                           False, 0.0)
 
 
 def bench_state(quick: bool) -> None:
