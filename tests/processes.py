@@ -17,13 +17,16 @@ KEYS = Keys()
 CELERY = [sys.executable, "-m", "celery", "-A", "worker.app"]
 
 
-def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
+def wait_until(check: Callable[[], object], timeout: float, what: str,
+               explain: Callable[[], str] | None = None) -> None:
+    """Poll ``check`` until true; on timeout, fail with ``explain()`` (what was seen instead)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    seen = f": {explain()}" if explain else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{seen}")
 
 
 class Processes:
@@ -75,6 +78,20 @@ class Processes:
 
     def state(self, alert_id: str) -> str | None:
         return self.redis.hget(KEYS.alert(alert_id), "state")
+
+    def alert_states(self) -> str:
+        """How many alerts are in each state, the outbox's counts and the error lines logged:
+        what a test prints when its alerts never arrive."""
+        from collections import Counter
+
+        states = Counter(self.state(a) for a in self.alert_ids())
+        outbox = {"due": self.redis.zcount(KEYS.outbox, "-inf", time.time()),
+                  "waiting": self.redis.zcount(KEYS.outbox, f"({time.time()}", "+inf"),
+                  "dead": self.redis.zcard(KEYS.dead)}
+        errors = [line for line in self.logs().splitlines()
+                  if "ERROR" in line or "Traceback" in line or "CRITICAL" in line]
+        return (f"{len(self.alert_ids())} alerts {dict(states)}, outbox {outbox}, "
+                f"{len(errors)} error lines, last: {errors[-8:]}")
 
     def stats(self) -> dict[str, str]:
         return {**self.redis.hgetall(KEYS.idx_stats), **self.redis.hgetall(KEYS.out_stats)}

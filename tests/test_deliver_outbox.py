@@ -21,8 +21,9 @@ from tests.deliveries import (
     verified,
     write_config,
 )
-from worker.deliver import MAX_LOST, QUEUE_LEASE, RUN_LEASE, deliver_claim
+from worker.deliver import MAX_LOST, RUN_LEASE, deliver_claim
 from worker.embedded import EmbeddedRedis
+from worker.schedule import HANDOUT_LEASE
 from worker.service import Service
 from worker.settings import Settings
 
@@ -245,7 +246,7 @@ def test_a_claim_whose_worker_died_is_handed_out_again_after_the_lease(
     dead_worker, = service.claim_deliveries(now, [alert_id])
     start = service.store.start_delivery(dead_worker, now, run_lease=RUN_LEASE, slots=4,
                                          busy_wait=0.2, max_lost=MAX_LOST,
-                                         queue_lease=QUEUE_LEASE)
+                                         handout_lease=HANDOUT_LEASE)
     assert start.verdict == "go"  # ... and the worker is killed before it records anything
     assert service.claim_deliveries(now + RUN_LEASE - 1) == []
     again, = service.claim_deliveries(now + RUN_LEASE + 1)
@@ -268,7 +269,7 @@ def test_a_member_whose_attempts_never_finish_is_dead_lettered(tmp_path, redis_u
     for _ in range(MAX_LOST):  # each worker dies once its attempt has begun
         start = service.store.start_delivery(claim, now, run_lease=RUN_LEASE, slots=4,
                                              busy_wait=0.2, max_lost=MAX_LOST,
-                                             queue_lease=QUEUE_LEASE)
+                                             handout_lease=HANDOUT_LEASE)
         assert start.verdict == "go"
         now += RUN_LEASE + 1
         claim, = service.claim_deliveries(now)

@@ -497,7 +497,7 @@ def test_three_workers_two_beats_one_killed_deliver_each_alert_once(
         total = feeds * rounds
         wait_until(lambda: len(procs.alert_ids()) == total
                    and all(procs.state(a) == "delivered" for a in procs.alert_ids()),
-                   120, "every alert delivered")
+                   120, f"all {total} alerts delivered", procs.alert_states)
         time.sleep(2 * every)  # a late duplicate would show now
         posted = [r["headers"]["webhook-id"] for r in http_server.requests
                   if r["path"] == "/hook"]

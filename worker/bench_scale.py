@@ -341,11 +341,11 @@ service.store.set_due_many(names, time.time())
 service.due_feeds(time.time())  # the first tick also syncs the feed list: not measured
 service.store.set_due_many(names, time.time())
 cpu, wall = time.process_time(), time.perf_counter()
-feeds = service.hand_out(time.time())
+now = time.time()
+feeds = service.hand_out(now)
 digest = service.config_digest()
 claimed = time.perf_counter() - wall
-for feed, token in feeds:
-    tasks.fetch.delay(feed.name, "", token, digest)
+tasks.publish_fetches(feeds, now, "", digest)
 print(json.dumps({"feeds": len(feeds), "claim": claimed, "wall": time.perf_counter() - wall,
                   "cpu": time.process_time() - cpu}))
 """

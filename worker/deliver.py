@@ -41,6 +41,7 @@ from worker.errors import (
 )
 from worker.fetch import Fetcher, IPNetwork, guarded_sockets
 from worker.redact import RedactFilter, redact, remember, url_credentials, url_secrets
+from worker.schedule import HANDOUT_LEASE
 from worker.store import DeliveryClaim, DeliveryStart, Store
 
 log = logging.getLogger("newsmon.deliver")
@@ -424,6 +425,7 @@ class DeliveryResult:
 
     outcome: str
     wait: float = 0.0
+    until: float = 0.0   # busy: the member's score until the retry is published and confirmed
 
 
 def deliver_claim(claim: DeliveryClaim, store: Store, fetcher: Fetcher, config: Config, *,
@@ -439,7 +441,7 @@ def deliver_claim(claim: DeliveryClaim, store: Store, fetcher: Fetcher, config: 
     start = _begin(claim, store, clock)
     now = clock()
     if start.verdict not in ("go", "lost"):
-        return DeliveryResult(start.verdict, start.wait)
+        return DeliveryResult(start.verdict, start.wait, start.until)
     alert_id, _, label = claim.member.partition("|")
     if start.verdict == "lost":
         reason = (f"{start.attempts} attempts began and never finished "
@@ -463,7 +465,7 @@ def _begin(claim: DeliveryClaim, store: Store, clock: Callable[[], float]) -> De
     for _ in range(BUSY_SPINS):
         start = store.start_delivery(claim, clock(), run_lease=RUN_LEASE, slots=DEST_SLOTS,
                                      busy_wait=BUSY_WAIT, max_lost=MAX_LOST,
-                                     queue_lease=QUEUE_LEASE)
+                                     handout_lease=HANDOUT_LEASE)
         if start.verdict != "busy" or start.wait > BUSY_SPIN:
             return start
         time.sleep(start.wait)

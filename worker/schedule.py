@@ -4,6 +4,10 @@ from __future__ import annotations
 
 MAX_BACKOFF = 6 * 3600.0   # a failing feed is retried at least every 6 hours, never given up
 CLAIM_LEASE = 15 * 60.0    # a handed-out feed is handed out again if its fetch never reports
+# A hand-out (feeds by a tick, deliveries by the outbox) holds this short lease until its
+# messages are published and it is confirmed; one whose publisher died is handed out again
+# this soon, not a whole lease later.
+HANDOUT_LEASE = 30.0
 JITTER = 0.2               # a poll comes up to this fraction of the interval early
 
 

@@ -41,7 +41,7 @@ from worker.normalize import PageText
 from worker.parse import parse_feed
 from worker.pipeline import Fresh, Submit, poll_feed, process_entries
 from worker.redact import remember
-from worker.schedule import CLAIM_LEASE, fetch_decision
+from worker.schedule import CLAIM_LEASE, HANDOUT_LEASE, fetch_decision
 from worker.settings import Settings
 from worker.shaper import Shaper
 from worker.store import ConfigVersion, DeliveryClaim, Store
@@ -115,7 +115,8 @@ class Service:
 
     def hand_out(self, now: float) -> list[tuple[FeedConfig, str]]:
         """Like due_feeds, with the hand-out's token that the fetch must present. Only a
-        process that runs the newest configuration acts, so a rollout never makes feeds flap."""
+        process that runs the newest configuration acts, so a rollout never makes feeds flap.
+        The feeds hold HANDOUT_LEASE until ``confirm_hand_out`` (their fetches are queued)."""
         config = self.config()
         self.store.mark_beat(now)
         if not self.runs_newest_config(now, report=True):
@@ -131,8 +132,15 @@ class Service:
             self._synced = (digest, now)
         self.store.keep_disabled({webhook_digest(hook) for hook in config.webhooks.values()})
         token = uuid.uuid4().hex
-        return [(feed, token) for name, _ in self.store.claim_due(now, CLAIM_LEASE, token=token)
+        return [(feed, token) for name, _ in self.store.claim_due(now, HANDOUT_LEASE, token=token)
                 if (feed := self.feed(name)) is not None]
+
+    def confirm_hand_out(self, handed: list[tuple[FeedConfig, str]], now: float) -> None:
+        """These feeds of the hand-out at ``now`` are queued: their leases become CLAIM_LEASE
+        (the fetch messages expire then too)."""
+        for token in {t for _, t in handed}:
+            self.store.confirm_due([f.name for f, t in handed if t == token], token,
+                                   now + HANDOUT_LEASE, now + CLAIM_LEASE)
 
     # -- configuration versions across processes -----------------------------------------------
     def config_digest(self) -> str:
@@ -234,7 +242,7 @@ class Service:
                          limit: int = 1000) -> list[DeliveryClaim]:
         """Hand out the due outbox members (or these new alerts), each once. A new alert is
         first split into one member per destination of its watchlist, as configured now."""
-        claims = self.store.claim_deliveries(now, QUEUE_LEASE, uuid.uuid4().hex, limit=limit,
+        claims = self.store.claim_deliveries(now, HANDOUT_LEASE, uuid.uuid4().hex, limit=limit,
                                              members=alert_ids)
         ready = [c for c in claims if "|" in c.member]
         fresh = [c for c in claims if "|" not in c.member]
@@ -247,8 +255,13 @@ class Service:
         for claim, story in zip(fresh, stories, strict=True):
             # watchlist "": a feed health event, for the health webhook (if one is configured)
             dests = destinations(lists.get(claim.watchlist)) if claim.watchlist else health
-            ready += self.store.expand_alert(claim, story, dests, now, QUEUE_LEASE)
+            ready += self.store.expand_alert(claim, story, dests, now, HANDOUT_LEASE)
         return ready
+
+    def confirm_deliveries(self, claims: list[DeliveryClaim]) -> None:
+        """These claims' deliver messages are queued: each waits QUEUE_LEASE (from its claim)
+        before it is handed out again, unless begun or claimed again meanwhile."""
+        self.store.confirm_claims(claims, QUEUE_LEASE - HANDOUT_LEASE)
 
     def deliver(self, claim: DeliveryClaim) -> DeliveryResult:
         """One attempt of a claimed member, recorded on its alert ("busy": ask again after

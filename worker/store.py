@@ -280,6 +280,22 @@ end
 return out
 """
 
+# A hand-out is published, then confirmed: the feeds' leases, short until then (a hand-out
+# whose publisher died is handed out again soon), move on to the full lease. Only the leases
+# this hand-out set and still holds move. KEYS: due, lease. ARGV: token, until, new, feeds...
+_CONFIRM_DUE = """
+local untl = tonumber(ARGV[2])
+local n = 0
+for i = 4, #ARGV do
+  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[1]
+     and tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]) or '0') == untl then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
 # A fetch begins only with the token of the feed's latest hand-out, within its lease (a
 # redelivery of a task whose worker died runs again); the token goes when the fetch records
 # its outcome. KEYS: due, lease. ARGV: feed, token, now. Returns 1 to go ahead.
@@ -604,6 +620,7 @@ class Store:
         self.alert_ttl = alert_retention_days * 86400
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._begin_fetch = client.register_script(_BEGIN_FETCH)
+        self._confirm_due = client.register_script(_CONFIRM_DUE)
         self._first_text = client.register_script(_FIRST_TEXT)
         self._claim_seq = client.register_script(_CLAIM_SEQ)
         self._record_article = client.register_script(_RECORD_ARTICLE)
@@ -666,6 +683,14 @@ class Store:
         flat = self._claim_due(keys=[self.keys.due, self.keys.lease],
                                args=[now, lease, limit, token])
         return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def confirm_due(self, names: list[str], token: str, until: float, lease_until: float) -> int:
+        """The hand-out ``token`` of these feeds was published: their leases, set to ``until``
+        by claim_due, move to ``lease_until`` (those still this hand-out's). Returns how many."""
+        if not names:
+            return 0
+        return int(self._confirm_due(keys=[self.keys.due, self.keys.lease],
+                                     args=[token, until, lease_until, *names]))
 
     def begin_fetch(self, name: str, token: str, now: float) -> bool:
         """Whether a fetch handed out with ``token`` may run: it is the feed's latest hand-out,
@@ -931,7 +956,7 @@ class Store:
     def _delivery_scripts(self) -> dict[str, Any]:
         return {name: self.r.register_script(text) for name, text in (
             ("claim", _CLAIM_DELIVERIES), ("expand", _EXPAND_ALERT), ("start", _START_DELIVERY),
-            ("record", _RECORD_DELIVERY), ("replay", _REPLAY))}
+            ("record", _RECORD_DELIVERY), ("replay", _REPLAY), ("confirm", _CONFIRM_CLAIMS))}
 
     def claim_deliveries(self, now: float, lease: float, token: str, limit: int = 1000,
                          members: list[str] | None = None) -> list[DeliveryClaim]:
@@ -945,7 +970,19 @@ class Store:
         flat = self._delivery_scripts["claim"](
             keys=[k.outbox, *(k.alert(m.partition("|")[0]) for m in members)],
             args=[now, lease, token, *members])
-        return [DeliveryClaim(flat[i], token, flat[i + 1]) for i in range(0, len(flat), 2)]
+        return [DeliveryClaim(flat[i], token, flat[i + 1], now + lease)
+                for i in range(0, len(flat), 2)]
+
+    def confirm_claims(self, claims: Sequence[DeliveryClaim], extra: float) -> int:
+        """These claims' deliver messages were published: each member whose score is still
+        the one its claim set (``until``: not begun, not claimed again) moves ``extra`` seconds
+        further. Returns how many moved."""
+        if not claims:
+            return 0
+        k = self.keys
+        return int(self._delivery_scripts["confirm"](
+            keys=[k.outbox, *(k.alert(c.member.partition("|")[0]) for c in claims)],
+            args=[extra, *(x for c in claims for x in (c.member, c.token, c.until))]))
 
     def expand_alert(self, claim: DeliveryClaim, story: str, dests: list[str], now: float,
                      lease: float) -> list[DeliveryClaim]:
@@ -954,7 +991,7 @@ class Store:
         members = self._delivery_scripts["expand"](
             keys=[k.outbox, k.alert(claim.member), k.expiry],
             args=[claim.member, claim.token, now, lease, story, self.alert_ttl, *dests])
-        return [DeliveryClaim(m, claim.token, claim.watchlist) for m in members]
+        return [DeliveryClaim(m, claim.token, claim.watchlist, now + lease) for m in members]
 
     def alert_stories(self, alert_ids: list[str]) -> list[str]:
         """The story id of each alert ("" for an alert that does not exist)."""
@@ -964,7 +1001,7 @@ class Store:
         return [json.loads(d).get("story", "") if d else "" for d in pipe.execute()]
 
     def start_delivery(self, claim: DeliveryClaim, now: float, *, run_lease: float, slots: int,
-                       busy_wait: float, max_lost: int, queue_lease: float) -> DeliveryStart:
+                       busy_wait: float, max_lost: int, handout_lease: float) -> DeliveryStart:
         """Begin an attempt on a claimed member: its lease becomes ``run_lease`` and it takes
         one of its destination's ``slots``; see ``_START_DELIVERY`` for the other verdicts."""
         k = self.keys
@@ -972,13 +1009,15 @@ class Store:
         out = self._delivery_scripts["start"](
             keys=[k.alert(alert_id), k.outbox, k.hold(dest), k.inflight(dest)],
             args=[claim.member, claim.token, now, run_lease, slots, busy_wait, max_lost,
-                  queue_lease])
+                  handout_lease])
         verdict = out[0]
         if verdict == "go":
             # The story's copies are read apart: they live in the identity slot, not this one.
             return DeliveryStart("go", attempts=int(out[1]), alert=json.loads(out[2]),
                                  watchlist=out[3], copies=self.story_copies(out[4]))
-        if verdict in ("busy", "held"):
+        if verdict == "busy":
+            return DeliveryStart(verdict, wait=float(out[1]), until=float(out[2]))
+        if verdict == "held":
             return DeliveryStart(verdict, wait=float(out[1]))
         if verdict == "lost":
             return DeliveryStart("lost", attempts=int(out[1]))
@@ -1132,9 +1171,10 @@ return out
 # has ``slots`` attempts in flight (busy: the claim stays the caller's, who asks again after
 # the wait), or too many attempts began and never reported (lost: the caller dead-letters it).
 # KEYS: alert, outbox, hold of its destination, in-flight of its destination
-# ARGV: member, token, now, run lease, slots, least busy wait, max lost, queue lease
+# ARGV: member, token, now, run lease, slots, least busy wait, max lost, hand-out lease
 # Returns {verdict, ...}: {'go', attempts recorded, data, watchlist, story},
-#   {'busy'|'held', seconds to wait}, {'stale'}, {'lost', attempts lost}.
+#   {'busy', seconds to wait, the member's score}, {'held', seconds to wait}, {'stale'},
+#   {'lost', attempts lost}.
 _START_DELIVERY = _DELIVERY_LIB + """
 local m, token, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local id, dest = split(m)
@@ -1152,8 +1192,9 @@ if redis.call('ZSCORE', inflight, m) == false
    and redis.call('ZCARD', inflight) >= tonumber(ARGV[5]) then
   local oldest = redis.call('ZRANGE', inflight, 0, 0, 'WITHSCORES')
   local busy = math.min(math.max(now - tonumber(oldest[2]), tonumber(ARGV[6])), 5)
-  redis.call('ZADD', outbox, now + busy + tonumber(ARGV[8]), m)
-  return {'busy', tostring(busy)}
+  local untl = now + busy + tonumber(ARGV[8])
+  redis.call('ZADD', outbox, untl, m)
+  return {'busy', tostring(busy), string.format('%.17g', untl)}
 end
 local recorded = tonumber(redis.call('HGET', a, 'n:' .. dest) or '0')
 local starts = redis.call('HINCRBY', a, 'starts:' .. dest, 1)
@@ -1163,6 +1204,24 @@ redis.call('EXPIRE', inflight, 86400)
 redis.call('ZADD', outbox, now + tonumber(ARGV[4]), m)
 return {'go', tostring(recorded), redis.call('HGET', a, 'data'), redis.call('HGET', a, 'watchlist'),
         redis.call('HGET', a, 'story') or ''}
+"""
+
+# Confirm published claims: a member whose score is still the one its claim set (and whose
+# lease is still the claim's) moves ``extra`` further. KEYS: outbox, the alert of each member.
+# ARGV: extra, then member, token, until per claim
+_CONFIRM_CLAIMS = _DELIVERY_LIB + """
+local extra, n, a = tonumber(ARGV[1]), 0, 1
+for i = 2, #ARGV, 3 do
+  local m, untl = ARGV[i], tonumber(ARGV[i + 2])
+  local id, dest = split(m)
+  a = a + 1
+  if redis.call('HGET', KEYS[a], 'lease:' .. dest) == ARGV[i + 1]
+     and tonumber(redis.call('ZSCORE', KEYS[1], m) or '0') == untl then
+    redis.call('ZADD', KEYS[1], 'XX', untl + extra, m)
+    n = n + 1
+  end
+end
+return n
 """
 
 # Record one attempt's outcome: append it to the alert's log, then (if the claim is still
@@ -1239,6 +1298,7 @@ class DeliveryClaim:
     member: str
     token: str
     watchlist: str
+    until: float = 0.0              # the member's score the claim set (see confirm_claims)
 
 
 @dataclass(frozen=True)
@@ -1247,6 +1307,7 @@ class DeliveryStart:
 
     verdict: str
     wait: float = 0.0               # busy, held: seconds until it may be tried again
+    until: float = 0.0              # busy: the member's score it set (see confirm_claims)
     attempts: int = 0               # go: attempts recorded before this one; lost: attempts lost
     alert: dict[str, Any] | None = None
     watchlist: str = ""

@@ -22,6 +22,7 @@ from worker.service import Service, decode_batch, encode_batch
 from worker.store import INFRA_ERRORS, DeliveryClaim
 
 MAX_DEATHS = 3  # runs of one task that killed their worker before it is parked
+HANDOUT_CHUNK = 500  # messages published between two confirmations of a hand-out
 
 log = logging.getLogger("newsmon.tasks")
 
@@ -67,15 +68,25 @@ class NewsmonTask(Task):
 
 @app.task(base=NewsmonTask, name="newsmon.tick")
 def tick() -> None:
-    handed = service().hand_out(time.time())
+    now = time.time()
+    handed = service().hand_out(now)
     if not handed:
         return
-    digest = service().config_digest()
     cycle = uuid.uuid4().hex  # the feeds handed out together: one summary line when all done
     service().store.open_cycle(cycle, len(handed))
-    for feed, token in handed:
-        # dropped by the worker once its lease is over: the feed is handed out anew by then
-        fetch.apply_async((feed.name, cycle, token, digest), expires=CLAIM_LEASE)
+    publish_fetches(handed, now, cycle, service().config_digest())
+
+
+def publish_fetches(handed: list[tuple[FeedConfig, str]], now: float, cycle: str,
+                    digest: str) -> None:
+    """Queue the fetches of a hand-out at ``now``, confirming each chunk once it is queued: a
+    tick killed halfway leaves the rest on their short hand-out lease, soon handed out again."""
+    for start in range(0, len(handed), HANDOUT_CHUNK):
+        chunk = handed[start:start + HANDOUT_CHUNK]
+        for feed, token in chunk:
+            # dropped by the worker once its lease is over: the feed is handed out anew by then
+            fetch.apply_async((feed.name, cycle, token, digest), expires=CLAIM_LEASE)
+        service().confirm_hand_out(chunk, now)
 
 
 @app.task(base=NewsmonTask, name="newsmon.heartbeat")
@@ -122,8 +133,13 @@ def process(feed: dict[str, Any], batch: dict[str, Any], cycle: str = "") -> Non
 
 # -- delivery: the outbox in Redis holds every wait; Celery only carries the attempts due now --
 def send_deliveries(claims: list[DeliveryClaim]) -> None:
-    for claim in claims:
-        deliver.delay(claim.member, claim.token, claim.watchlist)
+    """Queue an attempt per claim, confirming each chunk once it is queued (a publisher killed
+    in between leaves its claims on the short hand-out lease)."""
+    for start in range(0, len(claims), HANDOUT_CHUNK):
+        chunk = claims[start:start + HANDOUT_CHUNK]
+        for claim in chunk:
+            deliver.delay(claim.member, claim.token, claim.watchlist)
+        service().confirm_deliveries(chunk)
 
 
 @app.task(base=NewsmonTask, name="newsmon.deliver_due")
@@ -150,3 +166,4 @@ def deliver(member: str, token: str, watchlist: str) -> None:
         # refuses a countdown there that rounds down to 0
         wait = math.ceil(result.wait) if broker.kind == "amqp" else result.wait
         deliver.apply_async((member, token, watchlist), countdown=wait)
+        service().confirm_deliveries([DeliveryClaim(member, token, watchlist, result.until)])
