@@ -8,6 +8,7 @@ temporary folder, without persistence, and stops it at the end.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,28 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False)
     yield server.start().rsplit("/", 1)[0]
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-node Redis Cluster this session started on loopback ports (tests/engines.py)."""
+    from tests import engines
+
+    if not shutil.which("redis-cli"):
+        pytest.skip("redis-cli is needed to create a cluster")
+    with engines.redis_cluster(tmp_path_factory.mktemp("cluster")) as url:
+        yield url
+
+
+@pytest.fixture
+def cluster_url(cluster_node: str) -> str:
+    """The session's Redis Cluster, every master flushed for one test."""
+    from worker.store import connect
+
+    client = connect(cluster_node, "cluster")
+    client.flushall(target_nodes="primaries")
+    client.close()
+    return cluster_node
 
 
 @pytest.fixture

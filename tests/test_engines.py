@@ -32,22 +32,7 @@ needs_rabbitmq = pytest.mark.skipif(not engines.rabbitmq_available(),
                                     reason="no RabbitMQ on 127.0.0.1:5672 with rabbitmqctl")
 
 
-# -- engines -------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def cluster_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with engines.redis_cluster(tmp_path_factory.mktemp("cluster")) as url:
-        yield url
-
-
-@pytest.fixture
-def cluster_url(cluster_node: str) -> str:
-    """The session's Redis Cluster, every master flushed for one test."""
-    client = connect(cluster_node, "cluster")
-    client.flushall(target_nodes="primaries")
-    client.close()
-    return cluster_node
-
-
+# -- engines (the session's Redis Cluster: cluster_url in tests/conftest.py) ---------------------
 @pytest.fixture(scope="session")
 def sentinel_engines(tmp_path_factory: pytest.TempPathFactory
                      ) -> Iterator[tuple[str, engines.Servers, int]]:

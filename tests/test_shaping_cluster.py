@@ -1,79 +1,15 @@
-"""Alert shaping's per-watchlist and per-story scripts on a real three-node Redis Cluster that
-the test starts on loopback ports: each script's KEYS share one slot, or Cluster refuses it."""
+"""Alert shaping's per-watchlist and per-story scripts on the real three-node Redis Cluster the
+test session starts on loopback ports: each script's KEYS share one slot, or Cluster refuses it."""
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import redis
-import redis.cluster
 
-from worker.embedded import redis_binary
-from worker.store import Store
+from worker.store import Store, connect
 
 pytestmark = pytest.mark.integration
-
-
-def _port() -> int:
-    """A free port whose cluster bus port (+10000) is free too."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port > 55535:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port")
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[redis.cluster.RedisCluster]:
-    if not shutil.which("redis-cli"):
-        pytest.skip("redis-cli is needed to create a cluster")
-    ports = [_port() for _ in range(3)]
-    procs = [subprocess.Popen([redis_binary(prefer_machine=True), "--port", str(p), "--bind",
-                               "127.0.0.1", "--dir", str(tmp_path), "--save", "",
-                               "--appendonly", "no", "--cluster-enabled", "yes",
-                               "--cluster-config-file", f"nodes-{p}.conf"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for p in ports]
-    try:
-        for p in ports:
-            _wait(lambda p=p: redis.Redis(port=p).ping())
-        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        _wait(lambda: all(redis.Redis(port=p).cluster("info")["cluster_state"] == "ok"
-                          for p in ports))
-        client = redis.cluster.RedisCluster(host="127.0.0.1", port=ports[0],
-                                            decode_responses=True)
-        yield client
-        client.close()
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
-
-
-def _wait(check, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(redis.RedisError, OSError):
-            if check():
-                return
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for the cluster")
 
 
 def alert(n: int) -> dict:
@@ -81,8 +17,8 @@ def alert(n: int) -> dict:
 
 
 @pytest.mark.parametrize("watchlist", ["japan-energy", "a{b}c"])
-def test_the_shaping_scripts_run_on_a_redis_cluster(cluster, watchlist):
-    store = Store(cluster)
+def test_the_shaping_scripts_run_on_a_redis_cluster(cluster_url, watchlist):
+    store = Store(connect(cluster_url, "cluster"))
     shaping = store.shaping
     now = time.time()
     window = (now - 1, now + 60)
@@ -136,3 +72,4 @@ def test_the_shaping_scripts_run_on_a_redis_cluster(cluster, watchlist):
     assert shaping.add_event(event, now) and not shaping.add_event(event, now)
     shaping.mark_digested([aid], event["id"])
     assert store.alert(aid)["digest"] == "digest_1"
+    store.r.close()
