@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -911,6 +912,8 @@ def bench(quick: bool, only: tuple[str, ...], corpus: str | None, parts: tuple[s
     PARTS named (`newsmon bench match` is `newsmon bench --only match`)."""
     from worker.bench import run_benchmarks
 
+    if isinstance(sys.stdout, io.TextIOWrapper):  # each figure as it comes, also into a file
+        sys.stdout.reconfigure(line_buffering=True)
     run_benchmarks(quick=quick, only={*only, *parts}, corpus=corpus)
 
 
