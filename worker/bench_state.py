@@ -158,7 +158,7 @@ def _soak(url: str, n_feeds: int, per_day: int, days: int, quick: bool) -> None:
         used = int(store.r.info("memory")["used_memory"]) - base
         stats = store.stats()
         rows.append((day + 1, used, store.r.dbsize(), stats["stories"], stats["alerts"]))
-        if day % (5 if quick else 3) == 4 or day == days - 1:
+        if not quick or (day + 1) % 5 == 0 or day == days - 1:  # every day; quick: every 5th
             d, u, k, s, a = rows[-1]
             print(f"        {d:3d}   {u / 2**20:8.1f}   {k:7,}  {s:7,}  {a:6,}")
     elapsed = time.perf_counter() - t0
