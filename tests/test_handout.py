@@ -11,6 +11,8 @@ import pytest
 from tests.deliveries import hook, make_alert, make_service, posts
 from worker.deliver import MAX_LOST, QUEUE_LEASE, RUN_LEASE, deliver_claim
 from worker.schedule import CLAIM_LEASE, HANDOUT_LEASE
+from worker.service import Service
+from worker.settings import Settings
 from worker.store import DeliveryClaim, Store
 
 pytestmark = pytest.mark.integration
@@ -23,23 +25,32 @@ def store(redis_url):
     s.r.close()
 
 
-def test_feeds_of_a_tick_that_died_before_publishing_are_handed_out_again_soon(store):
-    now = time.time()
-    store.sync_feeds(["a", "b"], now)
-    assert len(store.claim_due(now, HANDOUT_LEASE, token="t1")) == 2  # ... then the tick dies
-    assert store.claim_due(now + HANDOUT_LEASE - 1, HANDOUT_LEASE, token="t2") == []
-    again = store.claim_due(now + HANDOUT_LEASE + 1, HANDOUT_LEASE, token="t2")
-    assert sorted(n for n, _ in again) == ["a", "b"]
+def feed_service(tmp_path, redis_url) -> Service:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "feeds.yaml").write_text("feeds:\n" + "".join(
+        f"  - url: https://{name}.example/rss\n    name: {name}\n" for name in "ab"))
+    return Service(Settings.from_env({"NEWSMON_CONFIG": str(folder)}), redis_url)
 
 
-def test_a_confirmed_hand_out_holds_the_whole_lease(store):
+def test_feeds_of_a_tick_that_died_before_publishing_are_handed_out_again_soon(
+        tmp_path, redis_url):
+    service = feed_service(tmp_path, redis_url)
     now = time.time()
-    store.sync_feeds(["a", "b"], now)
-    store.claim_due(now, HANDOUT_LEASE, token="t1")
-    assert store.confirm_due(["a", "b"], "t1", now + HANDOUT_LEASE, now + CLAIM_LEASE) == 2
-    assert store.claim_due(now + HANDOUT_LEASE + 1, HANDOUT_LEASE, token="t2") == []
-    assert store.begin_fetch("a", "t1", now + CLAIM_LEASE - 1)  # a queue that far behind
-    assert len(store.claim_due(now + CLAIM_LEASE + 1, HANDOUT_LEASE, token="t3")) == 2
+    assert len(service.hand_out(now)) == 2  # ... then the tick dies before queueing fetches
+    assert service.hand_out(now + HANDOUT_LEASE - 1) == []
+    assert sorted(f.name for f, _ in service.hand_out(now + HANDOUT_LEASE + 1)) == ["a", "b"]
+
+
+def test_a_confirmed_hand_out_holds_the_whole_lease(tmp_path, redis_url):
+    service = feed_service(tmp_path, redis_url)
+    now = time.time()
+    handed = service.hand_out(now)
+    service.confirm_hand_out(handed, now)  # its fetches are queued
+    assert service.hand_out(now + HANDOUT_LEASE + 1) == []
+    token = handed[0][1]
+    assert service.store.begin_fetch("a", token, now + CLAIM_LEASE - 1)  # a queue that far behind
+    assert len(service.hand_out(now + CLAIM_LEASE + 1)) == 2
 
 
 def test_a_confirmation_never_moves_a_fetch_that_finished_or_a_later_hand_out(store):
