@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,8 +83,6 @@ class Processes:
     def alert_states(self) -> str:
         """How many alerts are in each state, the outbox's counts and the error lines logged:
         what a test prints when its alerts never arrive."""
-        from collections import Counter
-
         states = Counter(self.state(a) for a in self.alert_ids())
         outbox = {"due": self.redis.zcount(KEYS.outbox, "-inf", time.time()),
                   "waiting": self.redis.zcount(KEYS.outbox, f"({time.time()}", "+inf"),
