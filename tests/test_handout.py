@@ -67,6 +67,13 @@ def test_a_confirmation_never_moves_a_fetch_that_finished_or_a_later_hand_out(st
     assert store.r.zscore(store.keys.due, "b") == now + HANDOUT_LEASE + 1 + HANDOUT_LEASE
 
 
+def begin(service, claim, now, slots=4):
+    """An attempt begins on ``claim`` (as the deliver task's first step does)."""
+    return service.store.start_delivery(claim, now, run_lease=RUN_LEASE, slots=slots,
+                                        busy_wait=0.2, max_lost=MAX_LOST,
+                                        handout_lease=HANDOUT_LEASE)
+
+
 def alert_service(tmp_path, redis_url, http_server):
     http_server.routes["/hook"] = (204, {}, b"")
     return make_service(tmp_path, redis_url, {"ops": hook(http_server.url("/hook"))},
@@ -112,10 +119,7 @@ def test_a_confirmation_never_moves_an_attempt_that_began_or_a_newer_claim(
     now = time.time()
     a, b = service.claim_deliveries(now, [first, second])
     # a's message was consumed before the publisher confirmed: its attempt began
-    start = service.store.start_delivery(a, now + 1, run_lease=RUN_LEASE, slots=4,
-                                         busy_wait=0.2, max_lost=MAX_LOST,
-                                         handout_lease=HANDOUT_LEASE)
-    assert start.verdict == "go"
+    assert begin(service, a, now + 1).verdict == "go"
     # b's publisher was slow: b was claimed again by someone else
     b2, = service.claim_deliveries(now + HANDOUT_LEASE + 1, [b.member])
     assert service.store.confirm_claims([a, b], QUEUE_LEASE - HANDOUT_LEASE) == 0
@@ -130,12 +134,8 @@ def test_a_busy_member_is_confirmed_from_the_score_its_wait_set(tmp_path, redis_
     now = time.time()
     claims = service.claim_deliveries(now, ids)
     for claim in claims[:2]:  # two slow attempts take the destination's two slots
-        assert service.store.start_delivery(claim, now, run_lease=RUN_LEASE, slots=2,
-                                            busy_wait=0.2, max_lost=MAX_LOST,
-                                            handout_lease=HANDOUT_LEASE).verdict == "go"
-    busy = service.store.start_delivery(claims[2], now + 1, run_lease=RUN_LEASE, slots=2,
-                                        busy_wait=0.2, max_lost=MAX_LOST,
-                                        handout_lease=HANDOUT_LEASE)
+        assert begin(service, claim, now, slots=2).verdict == "go"
+    busy = begin(service, claims[2], now + 1, slots=2)
     assert busy.verdict == "busy"
     assert busy.until == pytest.approx(now + 1 + busy.wait + HANDOUT_LEASE, abs=1e-3)
     retry = DeliveryClaim(claims[2].member, claims[2].token, claims[2].watchlist, busy.until)
